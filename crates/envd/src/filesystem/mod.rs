@@ -1,0 +1,5 @@
+//! The `filesystem.Filesystem` service: entries, directory operations and watchers.
+
+pub mod entry;
+pub mod service;
+pub mod watcher;

@@ -1,0 +1,4 @@
+//! envd's plain HTTP routes.
+
+pub mod files;
+pub mod lifecycle;

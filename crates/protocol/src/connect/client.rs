@@ -1,0 +1,324 @@
+//! A Connect client over HTTP/1.1 or h2c, used by the host agent and by envd's tests.
+//!
+//! Unary calls have an overall timeout; streams have only a connect timeout and a timeout to the
+//! response headers, since an exec stream may rightly run for hours. Transport failures surface
+//! as `unavailable`, timeouts as `deadline_exceeded`, as connect-go's client does.
+
+use super::envelope::{FLAG_END_STREAM, encode_envelope};
+use super::server::BoxBody;
+use super::{
+    Code, Codec, EnvelopeDecoder, Error, MAX_MESSAGE_BYTES, Message, STREAM_ENCODING_HEADER,
+};
+use bytes::Bytes;
+use futures::StreamExt;
+use http::{HeaderMap, HeaderName, HeaderValue, Request, header};
+use http_body::Frame;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::{Client, connect::HttpConnector};
+use hyper_util::rt::TokioExecutor;
+use std::convert::Infallible;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Errors a call can end with; the same type as a server's, so callers match on one set of codes.
+pub type ClientError = Error;
+
+/// A client for one server (`base`, e.g. `http://10.0.0.2:49983`).
+#[derive(Clone, Debug)]
+pub struct ConnectClient {
+    base: String,
+    http: Client<HttpConnector, BoxBody>,
+    codec: Codec,
+    headers: HeaderMap,
+    unary_timeout: Duration,
+    header_timeout: Duration,
+}
+
+/// Builder-style options are plain methods on the client.
+impl ConnectClient {
+    /// A client speaking the binary codec over HTTP/1.1.
+    pub fn new(base: impl Into<String>) -> Self {
+        Self::build(base, false)
+    }
+
+    /// A client speaking HTTP/2 without TLS (h2c, prior knowledge).
+    pub fn new_h2c(base: impl Into<String>) -> Self {
+        Self::build(base, true)
+    }
+
+    fn build(base: impl Into<String>, h2: bool) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        connector.set_nodelay(true);
+        let http = Client::builder(TokioExecutor::new())
+            .http2_only(h2)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector);
+        Self {
+            base: base.into().trim_end_matches('/').to_string(),
+            http,
+            codec: Codec::Proto,
+            headers: HeaderMap::new(),
+            unary_timeout: Duration::from_secs(60),
+            header_timeout: Duration::from_secs(30),
+        }
+    }
+
+    pub fn with_codec(mut self, codec: Codec) -> Self {
+        self.codec = codec;
+        self
+    }
+
+    /// Adds a header to every call (an access token, Basic auth for the user).
+    pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.insert(name, value);
+        self
+    }
+
+    pub fn with_unary_timeout(mut self, timeout: Duration) -> Self {
+        self.unary_timeout = timeout;
+        self
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn request(
+        &self,
+        path: &str,
+        streaming: bool,
+        body: BoxBody,
+    ) -> Result<Request<BoxBody>, Error> {
+        let mut req = Request::post(format!("{}{}", self.base, path))
+            .header(header::CONTENT_TYPE, self.codec.content_type(streaming))
+            .header(super::PROTOCOL_VERSION_HEADER, "1")
+            .body(body)
+            .map_err(|e| Error::invalid_argument(format!("bad request URL {path:?}: {e}")))?;
+        for (k, v) in &self.headers {
+            req.headers_mut().insert(k, v.clone());
+        }
+        Ok(req)
+    }
+
+    async fn send(&self, req: Request<BoxBody>) -> Result<http::Response<Incoming>, Error> {
+        match tokio::time::timeout(self.header_timeout, self.http.request(req)).await {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) => Err(Error::unavailable(format!("{}: {e}", self.base))),
+            Err(_) => Err(Error::new(
+                Code::DeadlineExceeded,
+                format!(
+                    "{}: no response headers within {:?}",
+                    self.base, self.header_timeout
+                ),
+            )),
+        }
+    }
+
+    /// Calls a unary RPC at `path` (`/package.Service/Method`).
+    pub async fn unary<Req: Message, Resp: Message>(
+        &self,
+        path: &str,
+        msg: &Req,
+    ) -> Result<Resp, Error> {
+        let body = Full::new(self.codec.encode(msg))
+            .map_err(|n| match n {})
+            .boxed_unsync();
+        let req = self.request(path, false, body)?;
+        let call = async {
+            let resp = self.send(req).await?;
+            let status = resp.status();
+            let bytes = read_body(resp.into_body()).await?;
+            if !status.is_success() {
+                return Err(serde_json::from_slice::<Error>(&bytes).unwrap_or_else(|_| {
+                    Error::new(
+                        Code::from_http_status(status),
+                        format!("HTTP {status}: {}", String::from_utf8_lossy(&bytes)),
+                    )
+                }));
+            }
+            self.codec.decode(&bytes)
+        };
+        tokio::time::timeout(self.unary_timeout, call)
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::new(
+                    Code::DeadlineExceeded,
+                    format!("{path}: timed out"),
+                ))
+            })
+    }
+
+    /// Opens a server stream.
+    pub async fn server_stream<Req: Message, Resp: Message>(
+        &self,
+        path: &str,
+        msg: &Req,
+    ) -> Result<ResponseStream<Resp>, Error> {
+        let frame = encode_envelope(0, &self.codec.encode(msg));
+        let body = Full::new(frame).map_err(|n| match n {}).boxed_unsync();
+        let req = self.request(path, true, body)?;
+        let resp = self.send(req).await?;
+        ResponseStream::from_response(resp, self.codec).await
+    }
+
+    /// Opens a client stream: send messages through the returned sender, drop or `finish` it, then
+    /// await the response.
+    pub async fn client_stream<Req: Message, Resp: Message>(
+        &self,
+        path: &str,
+    ) -> Result<
+        (
+            StreamSender<Req>,
+            tokio::task::JoinHandle<Result<Resp, Error>>,
+        ),
+        Error,
+    > {
+        let (tx, rx) = mpsc::channel::<Bytes>(16);
+        let frames = tokio_stream_from(rx).map(|b| Ok::<_, Infallible>(Frame::data(b)));
+        let req = self.request(path, true, StreamBody::new(frames).boxed_unsync())?;
+        let this = self.clone();
+        let codec = self.codec;
+        let handle = tokio::spawn(async move {
+            let resp = this.send(req).await?;
+            let mut stream = ResponseStream::<Resp>::from_response(resp, codec).await?;
+            match stream.message().await {
+                Some(r) => {
+                    let msg = r?;
+                    // Drain to the end-of-stream envelope, which may still carry an error.
+                    while let Some(r) = stream.message().await {
+                        r?;
+                    }
+                    Ok(msg)
+                }
+                None => Err(Error::internal("client stream ended without a response")),
+            }
+        });
+        Ok((
+            StreamSender {
+                tx,
+                codec,
+                _msg: std::marker::PhantomData,
+            },
+            handle,
+        ))
+    }
+}
+
+fn tokio_stream_from(mut rx: mpsc::Receiver<Bytes>) -> impl futures::Stream<Item = Bytes> + Send {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+async fn read_body(body: Incoming) -> Result<Bytes, Error> {
+    match http_body_util::Limited::new(body, MAX_MESSAGE_BYTES)
+        .collect()
+        .await
+    {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) => Err(Error::unavailable(format!("reading response: {e}"))),
+    }
+}
+
+/// The sending half of a client stream.
+#[derive(Debug)]
+pub struct StreamSender<M> {
+    tx: mpsc::Sender<Bytes>,
+    codec: Codec,
+    _msg: std::marker::PhantomData<fn(M)>,
+}
+
+impl<M: Message> StreamSender<M> {
+    /// Sends one message; waits while the server is not reading (backpressure).
+    pub async fn send(&self, msg: &M) -> Result<(), Error> {
+        self.tx
+            .send(encode_envelope(0, &self.codec.encode(msg)))
+            .await
+            .map_err(|_| Error::unavailable("request stream closed by the server"))
+    }
+
+    /// Ends the request stream.
+    pub fn finish(self) {}
+}
+
+/// The messages of a response stream, read as they arrive.
+#[derive(Debug)]
+pub struct ResponseStream<M> {
+    body: Incoming,
+    decoder: EnvelopeDecoder,
+    codec: Codec,
+    done: bool,
+    _msg: std::marker::PhantomData<fn() -> M>,
+}
+
+#[derive(serde::Deserialize)]
+struct EndStream {
+    error: Option<Error>,
+}
+
+impl<M: Message> ResponseStream<M> {
+    async fn from_response(resp: http::Response<Incoming>, codec: Codec) -> Result<Self, Error> {
+        let status = resp.status();
+        let gzip = resp
+            .headers()
+            .get(STREAM_ENCODING_HEADER)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
+        if !status.is_success() {
+            let bytes = read_body(resp.into_body()).await.unwrap_or_default();
+            return Err(serde_json::from_slice::<Error>(&bytes).unwrap_or_else(|_| {
+                Error::new(
+                    Code::from_http_status(status),
+                    format!("HTTP {status}: {}", String::from_utf8_lossy(&bytes)),
+                )
+            }));
+        }
+        Ok(Self {
+            body: resp.into_body(),
+            decoder: EnvelopeDecoder::new(gzip),
+            codec,
+            done: false,
+            _msg: std::marker::PhantomData,
+        })
+    }
+
+    /// The next message; `None` at a clean end; `Some(Err)` for an error the server ended with or a
+    /// broken stream.
+    pub async fn message(&mut self) -> Option<Result<M, Error>> {
+        loop {
+            if self.done {
+                return None;
+            }
+            match self.decoder.next_envelope() {
+                Ok(Some(env)) if env.flags & FLAG_END_STREAM != 0 => {
+                    self.done = true;
+                    let end: EndStream =
+                        serde_json::from_slice(&env.data).unwrap_or(EndStream { error: None });
+                    return end.error.map(Err);
+                }
+                Ok(Some(env)) => return Some(self.codec.decode(&env.data)),
+                Ok(None) => {}
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+            }
+            match self.body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.decoder.push(&data);
+                    }
+                }
+                Some(Err(e)) => {
+                    self.done = true;
+                    return Some(Err(Error::unavailable(format!("stream broke: {e}"))));
+                }
+                None => {
+                    self.done = true;
+                    return Some(Err(Error::unavailable(
+                        "stream ended without an end-of-stream message",
+                    )));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! Wire types shared by Wrenn's programs.
+//!
+//! - [`envd`]: the protobuf messages of envd's `process.Process` and `filesystem.Filesystem`
+//!   services, with serde impls that follow the proto3 JSON mapping.
+//! - [`connect`]: the Connect RPC protocol (codecs, envelopes, errors), the server-side helpers envd
+//!   uses, and the client the host agent and tests use to talk to envd.
+
+pub mod connect;
+pub mod envd;

@@ -1,0 +1,41 @@
+# Shared by the scripts in this folder: install what is missing, idempotently.
+# shellcheck shell=bash
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+# apt_install PKG...: installs the Debian packages that are not installed yet.
+apt_install() {
+  local missing=()
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ "${#missing[@]}" -gt 0 ]; then
+    log "installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  fi
+}
+
+# ensure_rust: the stable toolchain with rustfmt, clippy and the musl target (for the static envd).
+ensure_rust() {
+  if [ -f "$HOME/.cargo/env" ]; then
+    # shellcheck disable=SC1091
+    . "$HOME/.cargo/env"
+  fi
+  if ! command -v cargo >/dev/null 2>&1; then
+    echo "error: no Rust toolchain found. Install rustup and a stable toolchain (1.95 or newer), then rerun." >&2
+    exit 1
+  fi
+  if command -v rustup >/dev/null 2>&1; then
+    rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
+    rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+    rustup target list --installed 2>/dev/null | grep -q '^x86_64-unknown-linux-musl$' ||
+      rustup target add x86_64-unknown-linux-musl
+  fi
+}
+
+# The packages every build and test needs.
+ensure_build_deps() {
+  apt_install ca-certificates gcc libc6-dev make pkg-config python3 procps util-linux iproute2 passwd
+}
