@@ -68,10 +68,6 @@ impl ConnTracker {
         let id = inner.next_id;
         let graceful = CancellationToken::new();
         let abort = CancellationToken::new();
-        if self.keep_alive_off.load(Ordering::Acquire) {
-            // Accepted while a snapshot is being prepared: serve one request, then close.
-            graceful.cancel();
-        }
         let epoch = inner.epoch;
         inner.conns.insert(
             id,
@@ -138,8 +134,9 @@ mod tests {
         assert_eq!(t.prepare(), 1);
         assert!(old.graceful.is_cancelled());
         assert!(!t.keep_alive());
+        // Accepted while preparing: served (without keep-alive), not closed before its request.
         let new = t.register();
-        assert!(new.graceful.is_cancelled(), "no keep-alive while preparing");
+        assert!(!new.graceful.is_cancelled());
         assert_eq!(t.restore(Some(new.id)), 1);
         assert!(old.abort.is_cancelled());
         assert!(!new.abort.is_cancelled());

@@ -46,6 +46,7 @@ fn check_watchable(path: &Path) -> Result<()> {
         )));
     }
     if let Ok(fs) = nix::sys::statfs::statfs(path) {
+        #[allow(clippy::unnecessary_cast)] // The field's width differs between libcs.
         let magic = fs.filesystem_type().0 as i64;
         if NETWORK_FS.contains(&magic) {
             return Err(EnvdError::FailedPrecondition(format!(

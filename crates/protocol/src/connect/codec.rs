@@ -130,4 +130,50 @@ mod tests {
             Some(super::super::Code::InvalidArgument)
         );
     }
+
+    mod decoders {
+        use super::super::*;
+        use crate::envd::{filesystem, process};
+        use proptest::prelude::*;
+
+        fn decode_all(codec: Codec, data: &[u8]) {
+            let _ = codec.decode::<process::StartRequest>(data);
+            let _ = codec.decode::<process::SendInputRequest>(data);
+            let _ = codec.decode::<process::StreamInputRequest>(data);
+            let _ = codec.decode::<process::UpdateRequest>(data);
+            let _ = codec.decode::<filesystem::ListDirRequest>(data);
+            let _ = codec.decode::<filesystem::MoveRequest>(data);
+            let _ = codec.decode::<filesystem::WatchDirRequest>(data);
+        }
+
+        proptest! {
+            /// No byte string makes a request decoder panic, in either codec.
+            #[test]
+            fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..512)) {
+                decode_all(Codec::Proto, &data);
+                decode_all(Codec::Json, &data);
+            }
+
+            /// JSON-shaped garbage (the likelier malformed input) never panics either.
+            #[test]
+            fn json_like_text_never_panics(text in r#"\{("[a-z]{1,8}":(-?[0-9]{1,12}|"[A-Za-z0-9=_ ]{0,12}"|\[\]|\{\}|null|true),?){0,6}\}"#) {
+                decode_all(Codec::Json, text.as_bytes());
+            }
+
+            /// Every message survives both codecs unchanged.
+            #[test]
+            fn start_requests_round_trip(cmd in "[ -~]{0,32}", args in proptest::collection::vec("[ -~]{0,16}", 0..4), tag in proptest::option::of("[a-z0-9-]{1,12}"), stdin in proptest::option::of(any::<bool>())) {
+                let req = process::StartRequest {
+                    process: Some(process::ProcessConfig { cmd, args, envs: Default::default(), cwd: None }),
+                    pty: None,
+                    tag,
+                    stdin,
+                };
+                for codec in [Codec::Proto, Codec::Json] {
+                    let back: process::StartRequest = codec.decode(&codec.encode(&req)).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                    prop_assert_eq!(&back, &req);
+                }
+            }
+        }
+    }
 }

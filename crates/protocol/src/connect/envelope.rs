@@ -163,11 +163,8 @@ mod tests {
             let mut d = EnvelopeDecoder::new(true);
             for c in chunks {
                 d.push(&c);
-                loop {
-                    match d.next_envelope() {
-                        Ok(Some(e)) => prop_assert!(e.data.len() <= MAX_MESSAGE_BYTES),
-                        Ok(None) | Err(_) => break,
-                    }
+                while let Ok(Some(e)) = d.next_envelope() {
+                    prop_assert!(e.data.len() <= MAX_MESSAGE_BYTES);
                 }
             }
         }
