@@ -116,10 +116,26 @@ async fn run(config: Config) -> anyhow::Result<()> {
         }
     });
     let router = envd::router::build(state.clone());
-    envd::server::serve(listener, router, state.clone(), shutdown).await?;
+    envd::server::serve(
+        listener,
+        router,
+        state.clone(),
+        shutdown,
+        header_read_timeout(),
+    )
+    .await?;
     state.ports.stop().await;
     state.processes.kill_all();
     Ok(())
+}
+
+/// `WRENN_ENVD_HEADER_READ_TIMEOUT_MS` overrides the header-read timeout (tests use a short one).
+fn header_read_timeout() -> Duration {
+    std::env::var("WRENN_ENVD_HEADER_READ_TIMEOUT_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_millis)
+        .unwrap_or(envd::server::DEFAULT_HEADER_READ_TIMEOUT)
 }
 
 async fn start_init_cmd(state: &envd::state::SharedState, cmd: &str) {

@@ -10,8 +10,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-/// A client must send its request headers within this time.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default time a client has to start and finish its request headers. For HTTP/1.1 it also
+/// bounds how long a keep-alive connection may sit idle between requests.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// HTTP/2 keep-alive pings find dead peers.
 const H2_KEEPALIVE: Duration = Duration::from_secs(30);
 
@@ -21,6 +22,7 @@ pub async fn serve(
     router: Router,
     state: SharedState,
     shutdown: CancellationToken,
+    header_read_timeout: Duration,
 ) -> std::io::Result<()> {
     loop {
         let (stream, peer) = tokio::select! {
@@ -42,6 +44,19 @@ pub async fn serve(
         tokio::spawn(async move {
             let guard = state.conns.register();
             let id = guard.id;
+            // hyper-util runs no timer while it tells HTTP/1 from HTTP/2, so a peer that connects
+            // and sends nothing would be held forever: wait for its first byte here, bounded.
+            let mut first = [0u8; 1];
+            tokio::select! {
+                r = tokio::time::timeout(header_read_timeout, stream.peek(&mut first)) => {
+                    if !matches!(r, Ok(Ok(n)) if n > 0) {
+                        tracing::debug!(%peer, "connection sent nothing in time; closing");
+                        return;
+                    }
+                }
+                _ = guard.graceful.cancelled() => return,
+                _ = guard.abort.cancelled() => return,
+            }
             let svc = router.map_request(move |mut req: http::Request<hyper::body::Incoming>| {
                 req.extensions_mut().insert(id);
                 req.map(axum::body::Body::new)
@@ -50,7 +65,7 @@ pub async fn serve(
             builder
                 .http1()
                 .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .header_read_timeout(header_read_timeout)
                 .keep_alive(state.conns.keep_alive());
             builder
                 .http2()

@@ -229,3 +229,43 @@ async fn sigterm_shuts_envd_down() {
     assert!(ok, "envd stopped serving after SIGTERM");
     let _ = &mut envd;
 }
+
+#[tokio::test]
+async fn silent_and_idle_connections_are_closed() {
+    let port = free_port();
+    let run_dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_envd"))
+        .args([
+            "--isnotfc",
+            "--listen-address",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+        ])
+        .arg("--run-dir")
+        .arg(run_dir.path())
+        .env("WRENN_ENVD_HEADER_READ_TIMEOUT_MS", "500")
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .unwrap();
+    let ok = eventually(Duration::from_secs(10), || async move {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })
+    .await;
+    assert!(ok);
+    // A peer that connects and says nothing.
+    let mut silent = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let t = std::time::Instant::now();
+    assert!(is_closed(&mut silent));
+    assert!(t.elapsed() < Duration::from_secs(4));
+    // A keep-alive connection left idle after a request.
+    let mut idle = raw_keepalive_request(port);
+    let t = std::time::Instant::now();
+    assert!(is_closed(&mut idle));
+    assert!(t.elapsed() < Duration::from_secs(4));
+    let _ = child.kill();
+    let _ = child.wait();
+}

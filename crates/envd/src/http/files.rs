@@ -236,7 +236,7 @@ pub async fn download(
 
 /// A file being written: a hidden temporary beside the destination, filled by a blocking thread.
 struct PendingFile {
-    tx: mpsc::Sender<Bytes>,
+    tx: mpsc::Sender<Vec<Bytes>>,
     writer: tokio::task::JoinHandle<std::io::Result<()>>,
     tmp: PathBuf,
     destination: PathBuf,
@@ -263,11 +263,13 @@ impl PendingFile {
             .create_new(true)
             .open(&tmp)
             .map_err(|e| EnvdError::io(format!("creating {}", destination.display()), e))?;
-        let (tx, mut rx) = mpsc::channel::<Bytes>(IN_FLIGHT);
+        let (tx, mut rx) = mpsc::channel::<Vec<Bytes>>(IN_FLIGHT);
         let writer = tokio::task::spawn_blocking(move || {
             let mut file = file;
-            while let Some(chunk) = rx.blocking_recv() {
-                file.write_all(&chunk)?;
+            while let Some(batch) = rx.blocking_recv() {
+                for chunk in batch {
+                    file.write_all(&chunk)?;
+                }
             }
             file.flush()
         });
@@ -279,8 +281,8 @@ impl PendingFile {
         })
     }
 
-    async fn write(&self, chunk: Bytes) -> bool {
-        self.tx.send(chunk).await.is_ok()
+    async fn write(&self, batch: Vec<Bytes>) -> bool {
+        self.tx.send(batch).await.is_ok()
     }
 
     /// Completes the file: waits for the writer, sets mode and owner, renames into place.
@@ -333,7 +335,8 @@ fn rand_nonce() -> u64 {
     h.finish()
 }
 
-/// Writes a stream of chunks to `destination`, batching small network chunks into larger writes.
+/// Writes a stream of chunks to `destination`. Network chunks are handed to the disk thread in
+/// batches of about [`CHUNK`] bytes (without copying them) to keep channel hand-offs rare.
 async fn write_stream<S, E>(mut body: S, destination: &Path, account: &Account) -> Result<()>
 where
     S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
@@ -345,18 +348,23 @@ where
             .await
             .map_err(|e| EnvdError::Internal(e.to_string()))??
     };
-    let mut batch = bytes::BytesMut::new();
+    let mut batch = Vec::new();
+    let mut batched = 0usize;
     let outcome: Result<()> = async {
         while let Some(chunk) = body.next().await {
             let chunk = chunk
                 .map_err(|e| EnvdError::InvalidArgument(format!("upload interrupted: {e}")))?;
-            batch.extend_from_slice(&chunk);
-            if batch.len() >= CHUNK && !pending.write(batch.split().freeze()).await {
-                break; // The writer failed; commit reports why.
+            batched += chunk.len();
+            batch.push(chunk);
+            if batched >= CHUNK {
+                batched = 0;
+                if !pending.write(std::mem::take(&mut batch)).await {
+                    break; // The writer failed; commit reports why.
+                }
             }
         }
         if !batch.is_empty() {
-            pending.write(batch.split().freeze()).await;
+            pending.write(batch).await;
         }
         Ok(())
     }
