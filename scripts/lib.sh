@@ -37,5 +37,18 @@ ensure_rust() {
 
 # The packages every build and test needs.
 ensure_build_deps() {
-  apt_install ca-certificates gcc libc6-dev make pkg-config python3 procps util-linux iproute2 passwd
+  apt_install ca-certificates gcc libc6-dev make pkg-config python3 python3-venv procps util-linux iproute2 passwd
+}
+
+# ensure_e2b_sdk: E2B's official Python SDK in a virtualenv, for the wire-compatibility test.
+# Prints the interpreter's path.
+ensure_e2b_sdk() {
+  local venv="${WRENN_CACHE_DIR:-/var/tmp/wrenn-cache}/e2b-venv"
+  local version="2.63.0"
+  if ! "$venv/bin/python" -c "import e2b, importlib.metadata as m; assert m.version('e2b') == '$version'" 2>/dev/null; then
+    log "installing the e2b Python SDK $version (for the compatibility test)"
+    python3 -m venv "$venv" >&2
+    "$venv/bin/pip" install -q --disable-pip-version-check "e2b==$version" >&2
+  fi
+  echo "$venv/bin/python"
 }

@@ -23,6 +23,8 @@ if ldd "$envd_bin" 2>&1 | grep -q '=>'; then
 fi
 
 log "tests"
+WRENN_E2B_PYTHON="$(ensure_e2b_sdk)"
+export WRENN_E2B_PYTHON
 # Large-file tests write to this directory (1 GiB at a time).
 export WRENN_TEST_BIG_DIR="${WRENN_TEST_BIG_DIR:-/var/tmp}"
 cargo test --workspace --locked -- --test-threads="${WRENN_TEST_THREADS:-4}"
