@@ -56,7 +56,8 @@ fn authorize(
         q.signature.as_deref(),
         q.signature_expiration,
     )?;
-    state.account(q.username.as_deref())
+    let basic = crate::auth::basic_auth_user(headers);
+    state.account(q.username.as_deref().or(basic.as_deref()))
 }
 
 // ---------------------------------------------------------------------------------------------
