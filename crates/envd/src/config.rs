@@ -46,6 +46,9 @@ pub struct Config {
     /// How often listening sockets are scanned for forwarding, in milliseconds.
     #[arg(long, default_value_t = 100)]
     pub port_scan_interval_ms: u64,
+    /// The VMM's metadata service (VM only; tests point it elsewhere).
+    #[arg(long, default_value = crate::metadata::DEFAULT_MMDS_ADDRESS, hide = true)]
+    pub mmds_address: String,
     /// Root of the proc file system (tests point it elsewhere).
     #[arg(long, default_value = "/proc", hide = true)]
     pub proc_root: PathBuf,

@@ -6,12 +6,14 @@
 //! plain process on a host with `--isnotfc` (that is how most of its tests run).
 
 pub mod auth;
+pub mod cgroups;
 pub mod config;
 pub mod conntrack;
 pub mod error;
 pub mod filesystem;
 pub mod guest;
 pub mod http;
+pub mod metadata;
 pub mod port;
 pub mod process;
 pub mod router;

@@ -2,6 +2,8 @@
 
 use anyhow::Context;
 use clap::Parser;
+use envd::cgroups::{CgroupKind, CgroupManager, CgroupV2, NoCgroups};
+use envd::metadata::{MetadataSource, Mmds};
 use envd::port::{PortConfig, PortSubsystem};
 use envd::state::{Defaults, EnvdState, Settings};
 use envd::{Config, config::detect_external_ipv4};
@@ -89,7 +91,22 @@ async fn run(config: Config) -> anyhow::Result<()> {
         commit: COMMIT.to_string(),
         run_dir,
     };
-    let state = Arc::new(EnvdState::new(settings, defaults, ports));
+    let cgroups: Arc<dyn CgroupManager> = if in_vm {
+        match CgroupV2::setup(&config.cgroup_root) {
+            Ok(c) => Arc::new(c),
+            Err(e) => {
+                tracing::warn!(error = %e, "processes run without cgroups");
+                Arc::new(NoCgroups)
+            }
+        }
+    } else {
+        Arc::new(NoCgroups)
+    };
+    let metadata: Option<Arc<dyn MetadataSource>> =
+        in_vm.then(|| Arc::new(Mmds::new(config.mmds_address.clone())) as _);
+    let state = Arc::new(EnvdState::new(settings, defaults, ports, cgroups, metadata));
+    // Until the network is up this fails; it keeps trying for as long as it takes.
+    envd::metadata::spawn_poll(&state, None);
     state.ports.start().await;
 
     if let Some(cmd) = &config.cmd {
@@ -158,6 +175,7 @@ async fn start_init_cmd(state: &envd::state::SharedState, cmd: &str) {
         stdin: false,
         account,
         defaults: state.defaults(),
+        cgroup: state.cgroups.procs_fd(CgroupKind::User),
     };
     if let Err(e) = envd::process::spawn(&state.processes, req, false).await {
         tracing::error!(error = %e, "cannot start --cmd");

@@ -1,8 +1,10 @@
 //! Process-wide state shared by every handler.
 
+use crate::cgroups::CgroupManager;
 use crate::conntrack::ConnTracker;
 use crate::error::Result;
 use crate::filesystem::watcher::WatcherRegistry;
+use crate::metadata::MetadataSource;
 use crate::port::PortSubsystem;
 use crate::process::ProcessTable;
 use crate::system_metrics::MetricsSampler;
@@ -45,12 +47,24 @@ pub struct EnvdState {
     pub ports: PortSubsystem,
     pub conns: ConnTracker,
     pub metrics: MetricsSampler,
+    /// Where started processes are placed (`NoCgroups` outside a VM).
+    pub cgroups: Arc<dyn CgroupManager>,
+    /// The VMM's metadata service; `None` outside a VM.
+    pub metadata: Option<Arc<dyn MetadataSource>>,
+    /// Set while a metadata poll runs, so repeated `/init`s don't start more.
+    pub(crate) metadata_polling: AtomicBool,
 }
 
 pub type SharedState = Arc<EnvdState>;
 
 impl EnvdState {
-    pub fn new(settings: Settings, defaults: Defaults, ports: PortSubsystem) -> Self {
+    pub fn new(
+        settings: Settings,
+        defaults: Defaults,
+        ports: PortSubsystem,
+        cgroups: Arc<dyn CgroupManager>,
+        metadata: Option<Arc<dyn MetadataSource>>,
+    ) -> Self {
         Self {
             settings,
             defaults: RwLock::new(defaults),
@@ -62,6 +76,9 @@ impl EnvdState {
             ports,
             conns: ConnTracker::default(),
             metrics: MetricsSampler::new(),
+            cgroups,
+            metadata,
+            metadata_polling: AtomicBool::new(false),
         }
     }
 

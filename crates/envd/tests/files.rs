@@ -7,6 +7,11 @@ use common::*;
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 
+/// Signatures are base64 (`+`, `/`), so they must be escaped in a query string.
+fn enc(text: &str) -> String {
+    percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
 fn q(path: &std::path::Path) -> String {
     percent_encoding::utf8_percent_encode(
         &path.display().to_string(),
@@ -322,7 +327,9 @@ async fn access_token_and_signed_urls() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
-    let sig = envd::auth::file_signature(&path, "read", "", "s3cret", None);
+    let sig = enc(&envd::auth::file_signature(
+        &path, "read", "", "s3cret", None,
+    ));
     let r = http
         .get(envd.url(&format!("/files?path={}&signature={sig}", q(&file))))
         .send()
@@ -339,7 +346,13 @@ async fn access_token_and_signed_urls() {
         .unwrap();
     assert_eq!(r.status(), 401);
     let past = 1_000_000i64;
-    let sig = envd::auth::file_signature(&path, "read", "", "s3cret", Some(past));
+    let sig = enc(&envd::auth::file_signature(
+        &path,
+        "read",
+        "",
+        "s3cret",
+        Some(past),
+    ));
     let r = http
         .get(envd.url(&format!(
             "/files?path={}&signature={sig}&signature_expiration={past}",

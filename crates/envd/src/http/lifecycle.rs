@@ -151,6 +151,8 @@ pub async fn init(
 
     if fresh {
         apply_init(&state, req).await?;
+        // A VM restored from a snapshot learns its new identity here.
+        crate::metadata::spawn_poll(&state, Some(crate::metadata::REPOLL_CAP));
     } else {
         tracing::info!("stale /init ignored (older timestamp than the last one applied)");
     }

@@ -105,6 +105,11 @@ pub async fn start(
         stdin: req.stdin.unwrap_or(true),
         account,
         defaults: state.defaults(),
+        cgroup: state.cgroups.procs_fd(if pty.is_some() {
+            crate::cgroups::CgroupKind::Pty
+        } else {
+            crate::cgroups::CgroupKind::User
+        }),
     };
     let (process, rx) = spawn(&state.processes, spawn_req, true).await?;
     let rx = rx.ok_or_else(|| RpcError::internal("process ended before it could be attached"))?;

@@ -9,6 +9,7 @@ use crate::user::Account;
 use bytes::{Bytes, BytesMut};
 use std::collections::BTreeMap;
 use std::ffi::CString;
+use std::os::fd::RawFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -32,6 +33,9 @@ pub struct SpawnRequest {
     pub stdin: bool,
     pub account: Account,
     pub defaults: Defaults,
+    /// `cgroup.procs` of the group the process joins (owned by the cgroup manager, which
+    /// outlives the spawn); `None` leaves it in envd's group.
+    pub cgroup: Option<RawFd>,
 }
 
 fn build_env(req: &SpawnRequest) -> BTreeMap<String, String> {
@@ -98,7 +102,15 @@ fn credentials(account: &Account) -> Result<Option<Credentials>> {
 }
 
 /// Runs in the child between fork and exec: only async-signal-safe calls.
-fn child_setup(creds: &Option<Credentials>, controlling_tty: bool) -> std::io::Result<()> {
+fn child_setup(
+    cgroup: Option<RawFd>,
+    creds: &Option<Credentials>,
+    controlling_tty: bool,
+) -> std::io::Result<()> {
+    // First, while still privileged enough to write to cgroup.procs.
+    if let Some(fd) = cgroup {
+        crate::cgroups::join_in_child(fd);
+    }
     // SAFETY (whole block): plain syscalls on values prepared before the fork.
     unsafe {
         if libc::setsid() < 0 {
@@ -178,9 +190,10 @@ pub async fn spawn(
         .stderr(Stdio::piped());
     }
     let controlling_tty = master.is_some();
+    let cgroup = req.cgroup;
     // SAFETY: the closure only makes async-signal-safe syscalls (see `child_setup`).
     unsafe {
-        cmd.pre_exec(move || child_setup(&creds, controlling_tty));
+        cmd.pre_exec(move || child_setup(cgroup, &creds, controlling_tty));
     }
     let mut cmd = tokio::process::Command::from(cmd);
     cmd.kill_on_drop(false);
