@@ -45,11 +45,10 @@ async fn exec_round_trip(envd: &Envd) {
     );
 }
 
-async fn throughput(envd: &Envd) {
-    let dir = tempfile::tempdir_in(
-        std::env::var("WRENN_TEST_BIG_DIR").unwrap_or_else(|_| "/var/tmp".into()),
-    )
-    .unwrap();
+/// Upload and download of 1 GiB through envd, the file kept in `dir`: tmpfs measures envd itself,
+/// a disk directory adds the disk's write speed.
+async fn throughput(envd: &Envd, dir: &str, label: &str) {
+    let dir = tempfile::tempdir_in(dir).unwrap();
     let dest = dir.path().join("bench.bin");
     let url = envd.url(&format!("/files?path={}", dest.display()));
     let len: u64 = 1 << 30;
@@ -89,7 +88,7 @@ async fn throughput(envd: &Envd) {
         v[v.len() / 2]
     };
     println!(
-        "upload 1 GiB: median {:.2} GB/s (best {:.2}); download 1 GiB: median {:.2} GB/s (best {:.2}) (target > 1 GB/s)",
+        "{label}: upload 1 GiB median {:.2} GB/s (best {:.2}); download 1 GiB median {:.2} GB/s (best {:.2}) (target > 1 GB/s)",
         median(&mut up.clone()),
         best(&up),
         median(&mut down.clone()),
@@ -140,7 +139,9 @@ fn main() {
         );
         exec_round_trip(&envd).await;
         forwarding(&envd, forward_ip).await;
-        throughput(&envd).await;
+        throughput(&envd, "/dev/shm", "files on tmpfs (envd itself)").await;
+        let disk = std::env::var("WRENN_TEST_BIG_DIR").unwrap_or_else(|_| "/var/tmp".into());
+        throughput(&envd, &disk, &format!("files on disk ({disk})")).await;
         println!(
             "envd RSS after the runs: {:.1} MB",
             rss_kib(envd.pid()) as f64 / 1024.0
