@@ -164,13 +164,7 @@ async fn snapshot_prepare_closes_idle_connections_and_restore_closes_old_ones() 
         .unwrap();
     let _ = busy.message().await;
 
-    let r = envd
-        .http()
-        .post(envd.url("/snapshot/prepare"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 204);
+    envd.prepare_snapshot().await;
     assert!(
         is_closed(&mut idle_before),
         "idle connection closed before the freeze"

@@ -59,13 +59,7 @@ async fn a_loopback_server_inside_is_forwarded() {
     eprintln!("forward answered after {:?}", t.elapsed());
 
     // Snapshot prepare stops forwarding; the first request after resume restarts it.
-    let r = envd
-        .http()
-        .post(envd.url("/snapshot/prepare"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 204);
+    envd.prepare_snapshot().await;
     assert!(http_get(&addr).is_none(), "nothing forwarded while frozen");
     let r = envd.http().get(envd.url("/health")).send().await.unwrap();
     assert_eq!(r.status(), 200);

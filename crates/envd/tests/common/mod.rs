@@ -101,6 +101,17 @@ impl Envd {
         reqwest::Client::new()
     }
 
+    /// `POST /snapshot/prepare`, as the host agent sends it before a freeze.
+    pub async fn prepare_snapshot(&self) {
+        let r = self
+            .http()
+            .post(self.url("/snapshot/prepare"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204);
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }

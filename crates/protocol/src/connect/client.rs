@@ -2,7 +2,8 @@
 //!
 //! Unary calls have an overall timeout; streams have only a connect timeout and a timeout to the
 //! response headers, since an exec stream may rightly run for hours. Transport failures surface
-//! as `unavailable`, timeouts as `deadline_exceeded`, as connect-go's client does.
+//! as `unavailable`, timeouts as `deadline_exceeded`, as connect-go's client does. Calls fail
+//! with the same [`Error`] a server returns, so callers match on one set of codes.
 
 use super::envelope::{FLAG_END_STREAM, encode_envelope};
 use super::server::BoxBody;
@@ -20,9 +21,6 @@ use hyper_util::rt::TokioExecutor;
 use std::convert::Infallible;
 use std::time::Duration;
 use tokio::sync::mpsc;
-
-/// Errors a call can end with; the same type as a server's, so callers match on one set of codes.
-pub type ClientError = Error;
 
 /// A client for one server (`base`, e.g. `http://10.0.0.2:49983`).
 #[derive(Clone, Debug)]

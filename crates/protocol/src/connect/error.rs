@@ -130,22 +130,6 @@ impl Error {
         Self::new(Code::Unavailable, message)
     }
 
-    /// Maps an I/O error on `what` (a path, usually) to the code a client can act on.
-    pub fn from_io(err: &std::io::Error, what: &str) -> Self {
-        use std::io::ErrorKind as K;
-        let code = match err.kind() {
-            K::NotFound => Code::NotFound,
-            K::PermissionDenied => Code::PermissionDenied,
-            K::AlreadyExists => Code::AlreadyExists,
-            K::InvalidInput | K::NotADirectory | K::IsADirectory | K::DirectoryNotEmpty => {
-                Code::InvalidArgument
-            }
-            K::StorageFull | K::QuotaExceeded => Code::ResourceExhausted,
-            _ => Code::Internal,
-        };
-        Self::new(code, format!("{what}: {err}"))
-    }
-
     /// The JSON body of a unary error response.
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec(self).unwrap_or_else(|_| br#"{"code":"internal"}"#.to_vec())

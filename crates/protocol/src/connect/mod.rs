@@ -11,7 +11,7 @@ mod envelope;
 mod error;
 pub mod server;
 
-pub use client::{ClientError, ConnectClient, ResponseStream, StreamSender};
+pub use client::{ConnectClient, ResponseStream, StreamSender};
 pub use codec::{Codec, Message};
 pub use envelope::{Envelope, EnvelopeDecoder, FLAG_COMPRESSED, FLAG_END_STREAM, encode_envelope};
 pub use envelope::{gunzip, gzip};
