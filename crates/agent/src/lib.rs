@@ -1,0 +1,27 @@
+//! Wrenn's host agent.
+//!
+//! - [`vmm`]: the VMM trait and its QEMU and Firecracker drivers.
+//! - [`network`]: per-sandbox network namespaces, TAPs, veths and NAT.
+//! - [`disk`]: copy-on-write sandbox disks over a read-only base image.
+//! - [`image`]: the guest image (kernel, initramfs, root filesystem) and its builder.
+//! - [`metadata`]: an MMDS-compatible metadata server for VMMs without one (QEMU).
+//! - [`sandbox`]: the sandbox manager: create, destroy, list, TTL, metrics, envd client.
+//! - [`rpc`]: the `hostagent.v1.HostAgentService` Connect service the control plane calls.
+//! - [`proxy`]: the `/proxy/{id}/{port}/...` reverse proxy to guest ports.
+//! - [`tls`]: the mTLS listener.
+
+pub mod config;
+pub mod disk;
+pub mod error;
+pub mod image;
+pub mod layout;
+pub mod metadata;
+pub mod network;
+pub mod proxy;
+pub mod rpc;
+pub mod sandbox;
+pub mod server;
+pub mod tls;
+pub mod vmm;
+
+pub use error::{AgentError, AgentResult};
