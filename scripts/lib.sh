@@ -52,3 +52,9 @@ ensure_e2b_sdk() {
   fi
   echo "$venv/bin/python"
 }
+
+# ensure_vm_deps: what the host agent needs to boot sandboxes (QEMU, disks, namespaces, NAT) and
+# what the guest image builder needs.
+ensure_vm_deps() {
+  apt_install qemu-system-x86 qemu-utils nftables iproute2 debootstrap lz4 cpio e2fsprogs
+}

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Runs every check and test: formatting, clippy (warnings are errors), the static envd build, and
-# the whole test suite. Installs what it needs on a fresh Debian 12 machine (run as root).
+# Runs every check and test: formatting, clippy (warnings are errors), the static envd build, the
+# guest image, and the whole test suite (including end-to-end tests that boot QEMU guests). Installs what it needs on a fresh Debian 12 machine (run as root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -21,6 +21,13 @@ if ldd "$envd_bin" 2>&1 | grep -q '=>'; then
   echo "error: $envd_bin is dynamically linked" >&2
   exit 1
 fi
+
+log "guest image (cached; the first build takes a few minutes)"
+ensure_vm_deps
+WRENN_IMAGES_DIR="${WRENN_IMAGES_DIR:-/var/tmp/wrenn-cache/images}" ./scripts/build-image.sh
+export WRENN_TEST_IMAGES_DIR="${WRENN_IMAGES_DIR:-/var/tmp/wrenn-cache/images}"
+# VM tests fail (instead of skipping) when something they need is missing.
+export WRENN_REQUIRE_VM_TESTS=1
 
 log "tests"
 WRENN_E2B_PYTHON="$(ensure_e2b_sdk)"

@@ -1,27 +1,44 @@
 #!/usr/bin/env bash
-# Brings Wrenn up on this machine. Today that is envd, the guest agent, served on the host
-# (the host agent, control plane and guest image follow); it prints how to reach it and keeps
-# serving until interrupted.
+# Brings Wrenn up on this machine. Today that is the host agent booting microVM sandboxes with the
+# guest image (QEMU here; Firecracker where its binary exists); the control plane follows. Installs
+# what is missing, builds the guest image if absent, prints how to reach the agent and keeps
+# serving until interrupted. Must run as root (network namespaces, TAP devices).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
+if [ "$(id -u)" != 0 ]; then
+  echo "error: run as root: the host agent creates network namespaces and TAP devices" >&2
+  exit 1
+fi
+
 ensure_build_deps
 ensure_rust
+ensure_vm_deps
 
-PORT="${WRENN_ENVD_PORT:-49983}"
-log "building envd (release)"
-cargo build --locked --release -p envd
-bin="${CARGO_TARGET_DIR:-target}/release/envd"
+export WRENN_DIR="${WRENN_DIR:-/var/lib/wrenn}"
+export WRENN_IMAGES_DIR="${WRENN_IMAGES_DIR:-$WRENN_DIR/images}"
+LISTEN="${WRENN_HOST_LISTEN_ADDR:-127.0.0.1:50051}"
+
+log "guest image"
+./scripts/build-image.sh
+
+log "building the host agent (release)"
+cargo build --locked --release -p wrenn-agent
+bin="${CARGO_TARGET_DIR:-target}/release/wrenn-agent"
+url="http://$LISTEN"
+rpc="$url/hostagent.v1.HostAgentService"
 
 cat <<MSG
 
-envd is starting on port $PORT.
-  health:   curl http://127.0.0.1:$PORT/health
-  list:     curl -s -H 'content-type: application/json' -d '{}' http://127.0.0.1:$PORT/process.Process/List
-  files:    curl -F file=@README.md "http://127.0.0.1:$PORT/files?path=/tmp/README.md"
-WRENN_ENVD_URL=http://127.0.0.1:$PORT
-Press Ctrl-C to stop.
+The host agent is starting on $LISTEN (data in $WRENN_DIR).
+  create:   curl -s -H 'content-type: application/json' -d '{"sandboxId":"cl-demo","memoryMb":512}' $rpc/CreateSandbox
+  exec:     curl -s -H 'content-type: application/json' -d '{"sandboxId":"cl-demo","cmd":"uname","args":["-a"]}' $rpc/Exec
+  list:     curl -s -H 'content-type: application/json' -d '{}' $rpc/ListSandboxes
+  proxy:    curl $url/proxy/cl-demo/8080/   (a server on port 8080 in the sandbox)
+  destroy:  curl -s -H 'content-type: application/json' -d '{"sandboxId":"cl-demo"}' $rpc/DestroySandbox
+WRENN_AGENT_URL=$url
+Press Ctrl-C to stop (running sandboxes are kept for the next start).
 
 MSG
-exec "$bin" --isnotfc --port "$PORT"
+exec "$bin" serve --listen "$LISTEN"

@@ -1,0 +1,194 @@
+//! Lifecycle RPCs: create, destroy, list, ping, terminate, metrics. Pause, resume and snapshot
+//! templates answer `unimplemented` until snapshots land.
+
+use super::{RpcResult, RpcState, rpc_err};
+use crate::error::AgentError;
+use crate::sandbox::metrics::MetricPoint;
+use crate::sandbox::{CreateRequest, Sandbox};
+use wrenn_protocol::connect::server::CallInfo;
+use wrenn_protocol::hostagent as pb;
+
+fn sandbox_info(sb: &Sandbox) -> pb::SandboxInfo {
+    let r = sb.record();
+    #[allow(deprecated)]
+    pb::SandboxInfo {
+        sandbox_id: r.sandbox_id,
+        status: sb.status().as_str().into(),
+        template: r.template,
+        vcpus: r.vcpus as i32,
+        memory_mb: r.memory_mb as i32,
+        host_ip: r.host_ip,
+        created_at_unix: r.created_at_unix,
+        last_active_at_unix: sb.last_active_unix(),
+        timeout_sec: r.timeout_sec as i32,
+        team_id: r.team_id,
+        template_id: r.template_id,
+        metadata: r.metadata.into_iter().collect(),
+    }
+}
+
+fn non_negative(name: &str, v: i32) -> Result<u32, AgentError> {
+    u32::try_from(v)
+        .map_err(|_| AgentError::InvalidArgument(format!("{name} must not be negative")))
+}
+
+pub async fn create_sandbox(
+    st: RpcState,
+    _: CallInfo,
+    req: pb::CreateSandboxRequest,
+) -> RpcResult<pb::CreateSandboxResponse> {
+    #[allow(deprecated)]
+    let create = CreateRequest {
+        sandbox_id: req.sandbox_id,
+        template: req.template,
+        vcpus: non_negative("vcpus", req.vcpus).map_err(rpc_err)?,
+        memory_mb: non_negative("memory_mb", req.memory_mb).map_err(rpc_err)?,
+        timeout_sec: non_negative("timeout_sec", req.timeout_sec).map_err(rpc_err)?,
+        disk_size_mb: non_negative("disk_size_mb", req.disk_size_mb).map_err(rpc_err)?,
+        team_id: req.team_id,
+        template_id: req.template_id,
+        default_user: req.default_user,
+        default_env: req.default_env.into_iter().collect(),
+        metadata: req.metadata.into_iter().collect(),
+    };
+    let sb = st.manager.create(create).await.map_err(rpc_err)?;
+    let r = sb.record();
+    Ok(pb::CreateSandboxResponse {
+        sandbox_id: r.sandbox_id,
+        status: sb.status().as_str().into(),
+        host_ip: r.host_ip,
+        metadata: r.metadata.into_iter().collect(),
+    })
+}
+
+pub async fn destroy_sandbox(
+    st: RpcState,
+    _: CallInfo,
+    req: pb::DestroySandboxRequest,
+) -> RpcResult<pb::DestroySandboxResponse> {
+    st.manager.destroy(&req.sandbox_id).await.map_err(rpc_err)?;
+    Ok(pb::DestroySandboxResponse {})
+}
+
+pub async fn pause_sandbox(
+    st: RpcState,
+    _: CallInfo,
+    req: pb::PauseSandboxRequest,
+) -> RpcResult<pb::PauseSandboxResponse> {
+    st.manager.pause(&req.sandbox_id).await.map_err(rpc_err)?;
+    Ok(pb::PauseSandboxResponse {})
+}
+
+pub async fn resume_sandbox(
+    _: RpcState,
+    _: CallInfo,
+    _: pb::ResumeSandboxRequest,
+) -> RpcResult<pb::ResumeSandboxResponse> {
+    Err(rpc_err(AgentError::Unimplemented("resume (snapshots)")))
+}
+
+pub async fn list_sandboxes(
+    st: RpcState,
+    _: CallInfo,
+    _: pb::ListSandboxesRequest,
+) -> RpcResult<pb::ListSandboxesResponse> {
+    Ok(pb::ListSandboxesResponse {
+        sandboxes: st
+            .manager
+            .list()
+            .iter()
+            .map(|sb| sandbox_info(sb))
+            .collect(),
+        auto_paused_sandbox_ids: st.manager.drain_auto_paused(),
+    })
+}
+
+pub async fn ping_sandbox(
+    st: RpcState,
+    _: CallInfo,
+    req: pb::PingSandboxRequest,
+) -> RpcResult<pb::PingSandboxResponse> {
+    st.manager.ping(&req.sandbox_id).map_err(rpc_err)?;
+    Ok(pb::PingSandboxResponse {})
+}
+
+/// The host is being removed: destroy every sandbox, then shut the agent down.
+pub async fn terminate(
+    st: RpcState,
+    _: CallInfo,
+    _: pb::TerminateRequest,
+) -> RpcResult<pb::TerminateResponse> {
+    tracing::warn!("Terminate RPC: destroying all sandboxes and shutting down");
+    let manager = st.manager.clone();
+    let token = st.terminate.clone();
+    tokio::spawn(async move {
+        manager.destroy_all().await;
+        token.cancel();
+    });
+    Ok(pb::TerminateResponse {})
+}
+
+pub async fn create_snapshot(
+    _: RpcState,
+    _: CallInfo,
+    _: pb::CreateSnapshotRequest,
+) -> RpcResult<pb::CreateSnapshotResponse> {
+    Err(rpc_err(AgentError::Unimplemented("snapshot templates")))
+}
+
+pub async fn delete_snapshot(
+    _: RpcState,
+    _: CallInfo,
+    _: pb::DeleteSnapshotRequest,
+) -> RpcResult<pb::DeleteSnapshotResponse> {
+    Err(rpc_err(AgentError::Unimplemented("snapshot templates")))
+}
+
+pub async fn flatten_rootfs(
+    _: RpcState,
+    _: CallInfo,
+    _: pb::FlattenRootfsRequest,
+) -> RpcResult<pb::FlattenRootfsResponse> {
+    Err(rpc_err(AgentError::Unimplemented("image templates")))
+}
+
+fn points(v: Vec<MetricPoint>) -> Vec<pb::MetricPoint> {
+    v.into_iter()
+        .map(|p| pb::MetricPoint {
+            timestamp_unix: p.timestamp_unix,
+            cpu_pct: p.cpu_pct,
+            mem_bytes: p.mem_bytes,
+            disk_bytes: p.disk_bytes,
+        })
+        .collect()
+}
+
+pub async fn get_sandbox_metrics(
+    st: RpcState,
+    _: CallInfo,
+    req: pb::GetSandboxMetricsRequest,
+) -> RpcResult<pb::GetSandboxMetricsResponse> {
+    let range = if req.range.is_empty() {
+        "10m"
+    } else {
+        &req.range
+    };
+    let v = st
+        .manager
+        .metrics(&req.sandbox_id, range)
+        .map_err(rpc_err)?;
+    Ok(pb::GetSandboxMetricsResponse { points: points(v) })
+}
+
+pub async fn flush_sandbox_metrics(
+    st: RpcState,
+    _: CallInfo,
+    req: pb::FlushSandboxMetricsRequest,
+) -> RpcResult<pb::FlushSandboxMetricsResponse> {
+    let t = st.manager.flush_metrics(&req.sandbox_id).map_err(rpc_err)?;
+    Ok(pb::FlushSandboxMetricsResponse {
+        points_10m: points(t.points_10m),
+        points_2h: points(t.points_2h),
+        points_24h: points(t.points_24h),
+    })
+}

@@ -1,0 +1,849 @@
+//! The sandbox manager: the agent's live map of sandboxes is the source of truth for what runs on
+//! this host; the control plane reconciles against it.
+//!
+//! Every operation on one sandbox that changes its life (destroy, later pause and resume) holds
+//! that sandbox's lifecycle lock, so they never interleave. Each sandbox's background tasks hang off
+//! its own cancellation token, cancelled when it goes away.
+
+use super::envd::{EnvdClient, InitRequest, rfc3339_now};
+use super::metrics::{self, MetricPoint, MetricsRing, Tiers};
+use super::record::SandboxRecord;
+use crate::disk;
+use crate::error::{AgentError, AgentResult, error_chain};
+use crate::image::GuestImage;
+use crate::layout::{Layout, validate_sandbox_id};
+use crate::metadata::MetadataLookup;
+use crate::network::{GUEST_MAC, Network, NetworkOptions, SlotAddresses, SlotAllocator, TAP_NAME};
+use crate::vmm::{GuestMetadata, VmSpec, Vmm};
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// How often the idle reaper looks for expired sandboxes.
+const REAPER_INTERVAL: Duration = Duration::from_secs(2);
+const MAX_VCPUS: u32 = 64;
+const MAX_MEMORY_MB: u32 = 256 * 1024;
+const MIN_MEMORY_MB: u32 = 128;
+const MAX_DISK_MB: u32 = 1024 * 1024;
+/// Lines of the serial console quoted when a boot fails.
+const SERIAL_TAIL_LINES: usize = 30;
+
+#[derive(Debug, Clone)]
+pub struct ManagerConfig {
+    pub layout: Layout,
+    pub default_vcpus: u32,
+    pub default_memory_mb: u32,
+    pub default_disk_mb: u32,
+    /// The boot watchdog: a guest whose envd does not answer within this is destroyed.
+    pub boot_timeout: Duration,
+    /// Port of the agent's metadata server, for VMMs without MMDS (QEMU).
+    pub metadata_port: Option<u16>,
+    /// The network slots this agent may use (inclusive); two agents on one host use disjoint ones.
+    pub slot_range: (u32, u32),
+}
+
+/// What the control plane asks for.
+#[derive(Debug, Clone, Default)]
+pub struct CreateRequest {
+    pub sandbox_id: String,
+    pub template: String,
+    pub vcpus: u32,
+    pub memory_mb: u32,
+    pub timeout_sec: u32,
+    pub disk_size_mb: u32,
+    pub team_id: String,
+    pub template_id: String,
+    pub default_user: String,
+    pub default_env: BTreeMap<String, String>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SandboxStatus {
+    Running,
+    Pausing,
+    Stopping,
+}
+
+impl SandboxStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SandboxStatus::Running => "running",
+            SandboxStatus::Pausing => "pausing",
+            SandboxStatus::Stopping => "stopping",
+        }
+    }
+}
+
+/// One live sandbox.
+#[derive(Debug)]
+pub struct Sandbox {
+    pub id: String,
+    pub addresses: SlotAddresses,
+    pub envd: EnvdClient,
+    pub dir: PathBuf,
+    record: Mutex<SandboxRecord>,
+    status: Mutex<SandboxStatus>,
+    lifecycle: tokio::sync::Mutex<()>,
+    last_active: AtomicI64,
+    metrics: Mutex<MetricsRing>,
+    tasks: CancellationToken,
+}
+
+impl Sandbox {
+    pub fn record(&self) -> SandboxRecord {
+        lock(&self.record).clone()
+    }
+
+    pub fn status(&self) -> SandboxStatus {
+        *lock(&self.status)
+    }
+
+    pub fn last_active_unix(&self) -> i64 {
+        self.last_active.load(Ordering::Relaxed)
+    }
+
+    /// Marks activity for the idle timer.
+    pub fn touch(&self) {
+        self.last_active.store(now_unix(), Ordering::Relaxed);
+    }
+
+    /// The sandbox, if it accepts operations now.
+    fn ensure_running(&self) -> AgentResult<()> {
+        match self.status() {
+            SandboxStatus::Running => Ok(()),
+            s => Err(AgentError::NotRunning {
+                id: self.id.clone(),
+                state: s.as_str().into(),
+            }),
+        }
+    }
+}
+
+type DestroyHook = Box<dyn Fn(&str) + Send + Sync>;
+
+pub struct SandboxManager {
+    cfg: ManagerConfig,
+    vmm: Arc<dyn Vmm>,
+    network: Arc<dyn Network>,
+    slots: SlotAllocator,
+    boxes: RwLock<HashMap<String, Arc<Sandbox>>>,
+    /// Identities for the metadata server, by the slot's namespace address. Filled before the VM
+    /// boots (envd asks at boot), removed on destroy.
+    metadata_by_source: RwLock<HashMap<IpAddr, GuestMetadata>>,
+    /// Ids being created, so two creates of one id cannot race.
+    creating: Mutex<std::collections::HashSet<String>>,
+    auto_paused: Mutex<Vec<String>>,
+    on_destroy: RwLock<Vec<DestroyHook>>,
+    shutdown: CancellationToken,
+}
+
+impl std::fmt::Debug for SandboxManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SandboxManager")
+            .field("vmm", &self.vmm)
+            .field("sandboxes", &read(&self.boxes).len())
+            .finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(|p| p.into_inner())
+}
+fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(|p| p.into_inner())
+}
+
+pub fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+impl SandboxManager {
+    pub fn new(cfg: ManagerConfig, vmm: Arc<dyn Vmm>, network: Arc<dyn Network>) -> Arc<Self> {
+        Arc::new(Self {
+            slots: allocator_for(cfg.slot_range),
+            cfg,
+            vmm,
+            network,
+            boxes: RwLock::new(HashMap::new()),
+            metadata_by_source: RwLock::new(HashMap::new()),
+            creating: Mutex::new(Default::default()),
+            auto_paused: Mutex::new(Vec::new()),
+            on_destroy: RwLock::new(Vec::new()),
+            shutdown: CancellationToken::new(),
+        })
+    }
+
+    pub fn vmm(&self) -> &Arc<dyn Vmm> {
+        &self.vmm
+    }
+
+    pub fn config(&self) -> &ManagerConfig {
+        &self.cfg
+    }
+
+    /// Called with the sandbox id whenever a sandbox goes away (the proxy evicts its connections).
+    pub fn on_destroy(&self, hook: impl Fn(&str) + Send + Sync + 'static) {
+        write(&self.on_destroy).push(Box::new(hook));
+    }
+
+    /// The sandbox if it exists and is running; every operation on a sandbox starts here.
+    pub fn get(&self, id: &str) -> AgentResult<Arc<Sandbox>> {
+        let sb = read(&self.boxes)
+            .get(id)
+            .cloned()
+            .ok_or_else(|| AgentError::SandboxNotFound(id.to_string()))?;
+        sb.ensure_running()?;
+        Ok(sb)
+    }
+
+    /// Like [`get`](Self::get), and counts as activity for the idle timer.
+    pub fn get_active(&self, id: &str) -> AgentResult<Arc<Sandbox>> {
+        let sb = self.get(id)?;
+        sb.touch();
+        Ok(sb)
+    }
+
+    pub fn list(&self) -> Vec<Arc<Sandbox>> {
+        let mut v: Vec<_> = read(&self.boxes).values().cloned().collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
+    /// Ids the idle reaper paused since the last call.
+    pub fn drain_auto_paused(&self) -> Vec<String> {
+        std::mem::take(&mut *lock(&self.auto_paused))
+    }
+
+    pub fn ping(&self, id: &str) -> AgentResult<()> {
+        self.get_active(id).map(|_| ())
+    }
+
+    fn validate(&self, req: &mut CreateRequest) -> AgentResult<()> {
+        validate_sandbox_id(&req.sandbox_id).map_err(AgentError::InvalidArgument)?;
+        if req.vcpus == 0 {
+            req.vcpus = self.cfg.default_vcpus;
+        }
+        if req.memory_mb == 0 {
+            req.memory_mb = self.cfg.default_memory_mb;
+        }
+        if req.disk_size_mb == 0 {
+            req.disk_size_mb = self.cfg.default_disk_mb;
+        }
+        if req.vcpus > MAX_VCPUS {
+            return Err(AgentError::InvalidArgument(format!(
+                "vcpus must be at most {MAX_VCPUS}, got {}",
+                req.vcpus
+            )));
+        }
+        if !(MIN_MEMORY_MB..=MAX_MEMORY_MB).contains(&req.memory_mb) {
+            return Err(AgentError::InvalidArgument(format!(
+                "memory_mb must be between {MIN_MEMORY_MB} and {MAX_MEMORY_MB}, got {}",
+                req.memory_mb
+            )));
+        }
+        if req.disk_size_mb > MAX_DISK_MB {
+            return Err(AgentError::InvalidArgument(format!(
+                "disk_size_mb must be at most {MAX_DISK_MB}, got {}",
+                req.disk_size_mb
+            )));
+        }
+        if !req.template.is_empty() && req.template != "minimal" && req.template != "base" {
+            return Err(AgentError::InvalidArgument(format!(
+                "template {:?} is not on this host (only the built-in image is, until templates land)",
+                req.template
+            )));
+        }
+        Ok(())
+    }
+
+    /// Boots a sandbox and returns once its envd has answered and taken its defaults.
+    pub async fn create(self: &Arc<Self>, mut req: CreateRequest) -> AgentResult<Arc<Sandbox>> {
+        self.validate(&mut req)?;
+        let id = req.sandbox_id.clone();
+        {
+            let mut creating = lock(&self.creating);
+            if read(&self.boxes).contains_key(&id) || !creating.insert(id.clone()) {
+                return Err(AgentError::SandboxExists(id));
+            }
+        }
+        let result = self.create_inner(req).await;
+        lock(&self.creating).remove(&id);
+        result
+    }
+
+    async fn create_inner(self: &Arc<Self>, req: CreateRequest) -> AgentResult<Arc<Sandbox>> {
+        let started = std::time::Instant::now();
+        let id = req.sandbox_id.clone();
+        let image = GuestImage::current(self.cfg.layout.images())?;
+        let dir = self.cfg.layout.sandbox_dir(&id);
+        if dir.exists() {
+            return Err(AgentError::SandboxExists(id));
+        }
+        std::fs::create_dir_all(&dir).map_err(|e| AgentError::io(&dir, e))?;
+        let mut undo = Undo::new(self.clone(), id.clone(), dir.clone());
+
+        let disk_format = self.vmm.disk_format();
+        let disk_path = dir.join(match disk_format {
+            crate::vmm::DiskFormat::Qcow2 => "rootfs.qcow2",
+            crate::vmm::DiskFormat::Raw => "rootfs.ext4",
+        });
+        disk::create(
+            disk_format,
+            &image.rootfs(),
+            &disk_path,
+            u64::from(req.disk_size_mb) << 20,
+        )
+        .await?;
+
+        let slot = self.slots.allocate()?;
+        undo.slot = Some(slot);
+        let net = self
+            .network
+            .create(
+                slot,
+                &NetworkOptions {
+                    metadata_port: self.cfg.metadata_port,
+                },
+            )
+            .await?;
+        undo.network = true;
+        let addresses = net.addresses.clone();
+        let metadata = GuestMetadata {
+            instance_id: id.clone(),
+            env_id: req.template_id.clone(),
+            address: None,
+        };
+        write(&self.metadata_by_source).insert(IpAddr::V4(addresses.vpeer_ip), metadata.clone());
+
+        let spec = VmSpec {
+            sandbox_id: id.clone(),
+            vcpus: req.vcpus,
+            memory_mib: req.memory_mb,
+            kernel: image.kernel(),
+            initrd: image.initrd(),
+            boot_args: image.manifest.boot_args.clone(),
+            disk: disk_path.clone(),
+            disk_format,
+            netns: addresses.netns.clone(),
+            tap: TAP_NAME.into(),
+            guest_mac: GUEST_MAC.into(),
+            tx_rate_limit: None,
+            run_dir: dir.clone(),
+            metadata,
+        };
+        let vm = self.vmm.start(&spec).await?;
+        undo.vm = Some(vm.clone());
+        let record = SandboxRecord {
+            sandbox_id: id.clone(),
+            vcpus: req.vcpus,
+            memory_mb: req.memory_mb,
+            disk_size_mb: req.disk_size_mb,
+            timeout_sec: req.timeout_sec,
+            team_id: req.team_id.clone(),
+            template_id: req.template_id.clone(),
+            template: req.template.clone(),
+            default_user: req.default_user.clone(),
+            default_env: req.default_env.clone(),
+            metadata: req.metadata.clone(),
+            slot,
+            host_ip: addresses.host_ip.to_string(),
+            created_at_unix: now_unix(),
+            image_version: image.manifest.version.clone(),
+            kernel_release: image.manifest.kernel_release.clone(),
+            disk: disk_path,
+            disk_format,
+            vm: vm.clone(),
+        };
+        // Persisted before the (slow) wait, so an agent crash mid-boot still finds this VM.
+        record.save(&dir)?;
+
+        let envd = EnvdClient::new(&id, IpAddr::V4(addresses.host_ip));
+        let alive_vm = vm.clone();
+        let boot = envd
+            .wait_ready(self.cfg.boot_timeout, move || alive_vm.is_alive())
+            .await;
+        let booted_in = match boot {
+            Ok(d) => d,
+            Err(e) => {
+                let tail = serial_tail(&vm.serial_log, SERIAL_TAIL_LINES);
+                tracing::warn!(sandbox = %id, error = %e, serial = %tail, "boot failed");
+                return Err(AgentError::Vmm(format!(
+                    "{}; last lines of the serial console:\n{tail}",
+                    error_chain(&e)
+                )));
+            }
+        };
+        envd.init(&init_request(&record)).await?;
+
+        let sandbox = Arc::new(Sandbox {
+            id: id.clone(),
+            addresses,
+            envd,
+            dir,
+            record: Mutex::new(record),
+            status: Mutex::new(SandboxStatus::Running),
+            lifecycle: tokio::sync::Mutex::new(()),
+            last_active: AtomicI64::new(now_unix()),
+            metrics: Mutex::new(MetricsRing::default()),
+            tasks: self.shutdown.child_token(),
+        });
+        write(&self.boxes).insert(id.clone(), sandbox.clone());
+        undo.disarm();
+        self.spawn_sampler(&sandbox);
+        tracing::info!(
+            sandbox = %id,
+            slot,
+            vmm = %self.vmm.describe(),
+            envd_after_ms = booted_in.as_millis() as u64,
+            total_ms = started.elapsed().as_millis() as u64,
+            "sandbox created"
+        );
+        Ok(sandbox)
+    }
+
+    /// Destroys a sandbox: VM, network, disk, files. Waits for a running lifecycle operation.
+    pub async fn destroy(&self, id: &str) -> AgentResult<()> {
+        let sb = read(&self.boxes)
+            .get(id)
+            .cloned()
+            .ok_or_else(|| AgentError::SandboxNotFound(id.to_string()))?;
+        let _life = sb.lifecycle.lock().await;
+        if !read(&self.boxes).contains_key(id) {
+            // Someone else destroyed it while we waited.
+            return Err(AgentError::SandboxNotFound(id.to_string()));
+        }
+        *lock(&sb.status) = SandboxStatus::Stopping;
+        sb.tasks.cancel();
+        let record = sb.record();
+        let result = self
+            .teardown(
+                id,
+                Some(&record.vm),
+                Some(record.slot),
+                &sb.dir,
+                Some(sb.addresses.vpeer_ip.into()),
+            )
+            .await;
+        write(&self.boxes).remove(id);
+        tracing::info!(sandbox = %id, "sandbox destroyed");
+        result
+    }
+
+    /// Tears down everything a sandbox may hold; keeps going after errors and returns the first.
+    async fn teardown(
+        &self,
+        id: &str,
+        vm: Option<&crate::vmm::VmHandle>,
+        slot: Option<u32>,
+        dir: &std::path::Path,
+        metadata_source: Option<IpAddr>,
+    ) -> AgentResult<()> {
+        let mut first: Option<AgentError> = None;
+        for hook in read(&self.on_destroy).iter() {
+            hook(id);
+        }
+        if let Some(vm) = vm
+            && let Err(e) = self.vmm.stop(vm).await
+        {
+            tracing::error!(sandbox = %id, error = %e, "stopping the VM failed");
+            first.get_or_insert(e);
+        }
+        if let Some(ip) = metadata_source {
+            write(&self.metadata_by_source).remove(&ip);
+        }
+        if let Some(slot) = slot {
+            match self.network.destroy(slot).await {
+                Ok(()) => self.slots.release(slot),
+                Err(e) => {
+                    // The slot stays reserved so no new sandbox lands on half-removed state;
+                    // the next start's sweep removes it.
+                    tracing::error!(sandbox = %id, slot, error = %e, "removing the network failed");
+                    first.get_or_insert(e);
+                }
+            }
+        }
+        if let Err(e) = std::fs::remove_dir_all(dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            first.get_or_insert(AgentError::io(dir, e));
+        }
+        let snap = self.cfg.layout.snapshots().join(id);
+        if let Err(e) = std::fs::remove_dir_all(&snap)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            first.get_or_insert(AgentError::io(&snap, e));
+        }
+        first.map_or(Ok(()), Err)
+    }
+
+    /// Finds the sandboxes a previous agent left running and adopts them; removes what is left of
+    /// the others (and of anything the agent created and lost track of).
+    pub async fn recover(self: &Arc<Self>) -> AgentResult<RecoveryReport> {
+        let mut report = RecoveryReport::default();
+        self.network.prepare_host().await?;
+        let root = self.cfg.layout.sandboxes();
+        std::fs::create_dir_all(&root).map_err(|e| AgentError::io(&root, e))?;
+        let entries = std::fs::read_dir(&root).map_err(|e| AgentError::io(&root, e))?;
+        let mut keep_slots = Vec::new();
+        let mut known_pids = Vec::new();
+        for entry in entries.flatten() {
+            let dir = entry.path();
+            let name = entry.file_name().to_string_lossy().to_string();
+            if !dir.is_dir() || validate_sandbox_id(&name).is_err() {
+                continue;
+            }
+            let record = match SandboxRecord::load(&dir) {
+                Ok(r) if r.sandbox_id == name => r,
+                _ => {
+                    tracing::warn!(sandbox = %name, "no usable record; removing its folder");
+                    let _ = std::fs::remove_dir_all(&dir);
+                    report.removed.push(name);
+                    continue;
+                }
+            };
+            let addresses = SlotAddresses::for_slot(record.slot);
+            let netns_ok = std::path::Path::new("/run/netns")
+                .join(&addresses.netns)
+                .exists();
+            if record.vm.is_alive() && netns_ok && self.slots.reserve(record.slot) {
+                known_pids.push(record.vm.pid);
+                keep_slots.push(record.slot);
+                self.adopt(record, addresses, dir);
+                report.adopted.push(name);
+            } else {
+                tracing::warn!(sandbox = %name, "its VM is gone; cleaning up");
+                let _ = self
+                    .teardown(&name, Some(&record.vm), None, &dir, None)
+                    .await;
+                report.removed.push(name);
+            }
+        }
+        report.orphan_vms = kill_orphan_vms(&root, &known_pids).await;
+        let (first, last) = self.cfg.slot_range;
+        // Slots outside this agent's range belong to someone else: keep them too.
+        keep_slots.extend((1..first).chain(last + 1..=crate::network::slots::MAX_SLOTS));
+        let cleanup = self.network.cleanup_stale(&keep_slots).await?;
+        report.stale_namespaces = cleanup.namespaces.len();
+        tracing::info!(
+            adopted = report.adopted.len(),
+            removed = report.removed.len(),
+            orphan_vms = report.orphan_vms,
+            stale_namespaces = report.stale_namespaces,
+            "recovered sandboxes from a previous run"
+        );
+        Ok(report)
+    }
+
+    fn adopt(self: &Arc<Self>, record: SandboxRecord, addresses: SlotAddresses, dir: PathBuf) {
+        let id = record.sandbox_id.clone();
+        write(&self.metadata_by_source).insert(
+            IpAddr::V4(addresses.vpeer_ip),
+            GuestMetadata {
+                instance_id: id.clone(),
+                env_id: record.template_id.clone(),
+                address: None,
+            },
+        );
+        let sandbox = Arc::new(Sandbox {
+            id: id.clone(),
+            envd: EnvdClient::new(&id, IpAddr::V4(addresses.host_ip)),
+            addresses,
+            dir,
+            record: Mutex::new(record),
+            status: Mutex::new(SandboxStatus::Running),
+            lifecycle: tokio::sync::Mutex::new(()),
+            last_active: AtomicI64::new(now_unix()),
+            metrics: Mutex::new(MetricsRing::default()),
+            tasks: self.shutdown.child_token(),
+        });
+        write(&self.boxes).insert(id, sandbox.clone());
+        self.spawn_sampler(&sandbox);
+    }
+
+    /// Samples the VMM process's CPU and memory and the disk's allocation every second.
+    fn spawn_sampler(self: &Arc<Self>, sb: &Arc<Sandbox>) {
+        let sb = sb.clone();
+        let token = sb.tasks.clone();
+        tokio::spawn(async move {
+            let record = sb.record();
+            let ticks_per_sec = metrics::clock_ticks() as f64;
+            let mut prev: Option<(u64, std::time::Instant)> = None;
+            let mut interval =
+                tokio::time::interval(Duration::from_secs(metrics::SAMPLE_INTERVAL_SECS));
+            loop {
+                tokio::select! {
+                    _ = token.cancelled() => return,
+                    _ = interval.tick() => {}
+                }
+                let Some((ticks, rss)) = metrics::process_usage(record.vm.pid) else {
+                    continue;
+                };
+                let now = std::time::Instant::now();
+                let cpu = match prev {
+                    Some((t0, i0)) => {
+                        let secs = now.duration_since(i0).as_secs_f64().max(1e-3);
+                        let used = (ticks.saturating_sub(t0)) as f64 / ticks_per_sec;
+                        (used / secs / f64::from(record.vcpus.max(1)) * 100.0).clamp(0.0, 100.0)
+                    }
+                    None => 0.0,
+                };
+                prev = Some((ticks, now));
+                let point = MetricPoint {
+                    timestamp_unix: now_unix(),
+                    cpu_pct: cpu,
+                    mem_bytes: rss as i64,
+                    disk_bytes: disk::allocated_bytes(&record.disk) as i64,
+                };
+                lock(&sb.metrics).push(point);
+            }
+        });
+    }
+
+    pub fn metrics(&self, id: &str, range: &str) -> AgentResult<Vec<MetricPoint>> {
+        let sb = self.get(id)?;
+        let points = lock(&sb.metrics).range(range, now_unix());
+        points.map_err(AgentError::InvalidArgument)
+    }
+
+    /// Returns every tier, clears the ring and stops sampling (the control plane persists the
+    /// points before a pause or destroy).
+    pub fn flush_metrics(&self, id: &str) -> AgentResult<Tiers> {
+        let sb = read(&self.boxes)
+            .get(id)
+            .cloned()
+            .ok_or_else(|| AgentError::SandboxNotFound(id.to_string()))?;
+        let tiers = lock(&sb.metrics).flush();
+        Ok(tiers)
+    }
+
+    /// Pausing arrives with snapshots; until then an expired sandbox is destroyed.
+    pub async fn pause(&self, id: &str) -> AgentResult<()> {
+        self.get(id)?;
+        Err(AgentError::Unimplemented("pause (snapshots)"))
+    }
+
+    /// Starts the idle reaper: sandboxes idle past their timeout are paused, or destroyed when
+    /// they cannot be paused.
+    pub fn spawn_reaper(self: &Arc<Self>) {
+        let me = Arc::downgrade(self);
+        let token = self.shutdown.clone();
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(REAPER_INTERVAL);
+            loop {
+                tokio::select! {
+                    _ = token.cancelled() => return,
+                    _ = interval.tick() => {}
+                }
+                let Some(mgr) = me.upgrade() else { return };
+                let now = now_unix();
+                let expired: Vec<String> = mgr
+                    .list()
+                    .into_iter()
+                    .filter(|sb| {
+                        let t = i64::from(sb.record().timeout_sec);
+                        t > 0
+                            && sb.status() == SandboxStatus::Running
+                            && now - sb.last_active_unix() >= t
+                    })
+                    .map(|sb| sb.id.clone())
+                    .collect();
+                for id in expired {
+                    let mgr = mgr.clone();
+                    tokio::spawn(async move {
+                        match mgr.pause(&id).await {
+                            Ok(()) => {
+                                tracing::info!(sandbox = %id, "idle timeout: paused");
+                                lock(&mgr.auto_paused).push(id);
+                            }
+                            Err(e) => {
+                                tracing::info!(sandbox = %id, reason = %e, "idle timeout: destroying");
+                                if let Err(e) = mgr.destroy(&id).await {
+                                    tracing::error!(sandbox = %id, error = %e, "idle destroy failed");
+                                }
+                            }
+                        }
+                    });
+                }
+            }
+        });
+    }
+
+    /// Destroys every sandbox (the Terminate RPC: the host is being removed).
+    pub async fn destroy_all(&self) {
+        for sb in self.list() {
+            if let Err(e) = self.destroy(&sb.id).await {
+                tracing::error!(sandbox = %sb.id, error = %e, "destroy failed");
+            }
+        }
+    }
+
+    /// Stops background tasks; running VMs are left running for the next agent to adopt.
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// An allocator that only hands out slots in `range`.
+fn allocator_for((first, last): (u32, u32)) -> SlotAllocator {
+    let slots = SlotAllocator::with_max(last);
+    for s in 1..first {
+        slots.reserve(s);
+    }
+    slots
+}
+
+/// The `/init` a fresh or adopted sandbox gets: its defaults and the current time.
+pub fn init_request(record: &SandboxRecord) -> InitRequest {
+    InitRequest {
+        env_vars: (!record.default_env.is_empty()).then(|| record.default_env.clone()),
+        default_user: (!record.default_user.is_empty()).then(|| record.default_user.clone()),
+        default_workdir: None,
+        timestamp: Some(rfc3339_now()),
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct RecoveryReport {
+    pub adopted: Vec<String>,
+    pub removed: Vec<String>,
+    pub orphan_vms: usize,
+    pub stale_namespaces: usize,
+}
+
+impl MetadataLookup for SandboxManager {
+    fn metadata_for(&self, source: IpAddr) -> Option<GuestMetadata> {
+        read(&self.metadata_by_source).get(&source).cloned()
+    }
+}
+
+impl crate::proxy::ProxyTargets for SandboxManager {
+    fn resolve(&self, sandbox_id: &str) -> Result<IpAddr, crate::proxy::ProxyRefusal> {
+        let sb = read(&self.boxes)
+            .get(sandbox_id)
+            .cloned()
+            .ok_or(crate::proxy::ProxyRefusal::NotFound)?;
+        match sb.status() {
+            SandboxStatus::Running => Ok(IpAddr::V4(sb.addresses.host_ip)),
+            s => Err(crate::proxy::ProxyRefusal::NotRunning(s.as_str().into())),
+        }
+    }
+
+    fn touch(&self, sandbox_id: &str) {
+        if let Some(sb) = read(&self.boxes).get(sandbox_id) {
+            sb.touch();
+        }
+    }
+}
+
+/// Rolls a half-created sandbox back unless disarmed.
+struct Undo {
+    mgr: Arc<SandboxManager>,
+    id: String,
+    dir: PathBuf,
+    slot: Option<u32>,
+    network: bool,
+    vm: Option<crate::vmm::VmHandle>,
+    armed: bool,
+}
+
+impl Undo {
+    fn new(mgr: Arc<SandboxManager>, id: String, dir: PathBuf) -> Self {
+        Self {
+            mgr,
+            id,
+            dir,
+            slot: None,
+            network: false,
+            vm: None,
+            armed: true,
+        }
+    }
+
+    fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Undo {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let mgr = self.mgr.clone();
+        let id = self.id.clone();
+        let dir = self.dir.clone();
+        let vm = self.vm.take();
+        let slot = self.slot;
+        let network = self.network;
+        // Runs even when the create future itself was dropped (client gone).
+        tokio::spawn(async move {
+            let source = slot.map(|s| IpAddr::V4(SlotAddresses::for_slot(s).vpeer_ip));
+            let net_slot = if network { slot } else { None };
+            if let Err(e) = mgr.teardown(&id, vm.as_ref(), net_slot, &dir, source).await {
+                tracing::error!(sandbox = %id, error = %e, "rolling back a failed create");
+            }
+            if let (Some(s), false) = (slot, network) {
+                mgr.slots.release(s);
+            }
+            tracing::info!(sandbox = %id, "rolled back a failed create");
+        });
+    }
+}
+
+/// The last `n` lines of a serial log, for error messages.
+pub fn serial_tail(path: &std::path::Path, n: usize) -> String {
+    let text = std::fs::read(path).unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Kills VMs of this agent (their command line names a file under `sandboxes_dir`) that no record
+/// accounts for: an agent that crashed between starting a VM and saving its record. Another agent
+/// with another data directory on the same host keeps its VMs. Returns how many it killed.
+async fn kill_orphan_vms(sandboxes_dir: &std::path::Path, known: &[u32]) -> usize {
+    let marker = sandboxes_dir.display().to_string();
+    let mut killed = 0;
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    for p in procs.flatten() {
+        let Ok(pid) = p.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if known.contains(&pid) {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let is_ours = args
+            .iter()
+            .any(|a| String::from_utf8_lossy(a).contains(&marker));
+        let is_vmm = args
+            .first()
+            .is_some_and(|a| a.ends_with(b"qemu-system-x86_64") || a.ends_with(b"firecracker"));
+        if is_ours
+            && is_vmm
+            && let Some(start) = crate::vmm::process::start_time(pid)
+        {
+            tracing::warn!(pid, "killing a VM no sandbox record accounts for");
+            crate::vmm::process::signal(pid, nix::sys::signal::Signal::SIGKILL);
+            crate::vmm::process::wait_gone(pid, start, Duration::from_secs(5)).await;
+            killed += 1;
+        }
+    }
+    killed
+}
