@@ -75,16 +75,14 @@ fn vmm_for(args: &ServeArgs) -> Result<Arc<dyn Vmm>> {
     }
 }
 
-fn network_for(common: &CommonArgs) -> Result<Arc<dyn Network>> {
-    let (first, last) = parse_slot_range(&common.slots).map_err(anyhow::Error::msg)?;
-    let _ = (first, last);
-    Ok(Arc::new(LinuxNetwork::new(None)))
+fn network_for() -> Arc<dyn Network> {
+    Arc::new(LinuxNetwork::new(None))
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {
     let layout = Layout::new(&args.common.data_dir, args.common.images_dir.clone());
     let vmm = vmm_for(&args)?;
-    let network = network_for(&args.common)?;
+    let network = network_for();
     let (first, last) = parse_slot_range(&args.common.slots).map_err(anyhow::Error::msg)?;
     let default_disk_mb = parse_size_mb(&args.default_disk).map_err(anyhow::Error::msg)?;
     let tcg = vmm.describe().contains("tcg");
@@ -190,7 +188,7 @@ async fn cleanup(args: CommonArgs) -> Result<()> {
             slot_range: (first, last),
         },
         Arc::new(Qemu::detect(None, Accel::Tcg)?),
-        network_for(&args)?,
+        network_for(),
     );
     manager.recover().await?;
     manager.destroy_all().await;

@@ -6,8 +6,9 @@
 //! cargo test -p wrenn-agent --test image_build -- --ignored --nocapture
 //! ```
 //!
-//! It leaves the image in `/var/tmp/wrenn-cache/images` (`WRENN_IMAGES_DIR`), with
-//! `images/current` pointing at it, for the VM tests to boot.
+//! `WRENN_IMAGE_FORCE=1` rebuilds an existing version. The image stays in
+//! `/var/tmp/wrenn-cache/images` (`WRENN_IMAGES_DIR`), with `images/current` pointing at it,
+//! for the VM tests to boot.
 
 #![allow(clippy::unwrap_used)]
 
@@ -76,7 +77,9 @@ async fn build_real_image() {
         )
         .with_test_writer()
         .try_init();
-    let opts = options();
+    let mut opts = options();
+    // WRENN_IMAGE_FORCE=1 rebuilds even an existing version (the debootstrap tree stays cached).
+    opts.force = std::env::var_os("WRENN_IMAGE_FORCE").is_some();
     assert!(
         opts.envd_binary.is_file(),
         "no envd at {} (build it: cargo build --release --locked --target x86_64-unknown-linux-musl -p envd, or set WRENN_ENVD_BINARY)",
@@ -145,6 +148,7 @@ async fn build_real_image() {
     // images/current, and an unchanged rebuild only repoints it.
     let current = GuestImage::current(&opts.images_dir).unwrap();
     assert_eq!(current.manifest, image.manifest);
+    opts.force = false;
     let t = Instant::now();
     let again = build::build_image(&opts).await.expect("cached build");
     let cached = t.elapsed();

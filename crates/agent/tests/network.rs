@@ -290,7 +290,10 @@ async fn cleanup_stale_removes_only_unkept_slots() {
         .filter(|&s| s != stale)
         .collect();
     assert!(keep.contains(&kept));
-    let report = net.cleanup_stale(&keep).await.expect("cleanup");
+    let report = net
+        .cleanup_stale(1..=MAX_SLOTS, &keep)
+        .await
+        .expect("cleanup");
     assert_eq!(report.namespaces, vec![format!("wrenn-ns-{stale}")]);
     assert_eq!(report.links, vec![format!("wrenn-v{stale}")]);
     assert_eq!(report.nft_tables, vec![format!("wrenn-slot-{stale}")]);
@@ -302,7 +305,10 @@ async fn cleanup_stale_removes_only_unkept_slots() {
     run_ok(&["nft", "list", "table", "ip", &format!("wrenn-slot-{kept}")]);
 
     // A second sweep finds nothing more to do.
-    let again = net.cleanup_stale(&keep).await.expect("cleanup");
+    let again = net
+        .cleanup_stale(1..=MAX_SLOTS, &keep)
+        .await
+        .expect("cleanup");
     assert_eq!(again, Default::default());
     net.destroy(kept).await.expect("destroy");
 }

@@ -649,6 +649,26 @@ async fn failed_stream_upload_leaves_nothing() {
     assert_eq!(err.code, Code::InvalidArgument, "{err}");
     assert!(err.message.contains("is a directory"), "{err}");
     assert!(pulled.load(std::sync::atomic::Ordering::Relaxed) < 200);
+
+    // The same for a whole-file write, and for a parent that is a file.
+    let err = ops::write_file(
+        &envd,
+        dir.path().to_str().unwrap(),
+        Bytes::from(vec![0u8; 8 << 20]),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code, Code::InvalidArgument, "{err}");
+    std::fs::write(dir.path().join("file"), b"x").unwrap();
+    let below_file = dir.path().join("file/child");
+    let err = ops::write_file(
+        &envd,
+        below_file.to_str().unwrap(),
+        Bytes::from(vec![0u8; 8 << 20]),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code, Code::InvalidArgument, "{err}");
 }
 
 #[tokio::test]

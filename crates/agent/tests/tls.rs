@@ -92,6 +92,10 @@ fn write_files(dir: &Path, tag: &str, server: &Leaf, client_ca: Option<&Ca>) -> 
 }
 
 async fn start(config: Arc<rustls::ServerConfig>) -> SocketAddr {
+    start_with(config, ServerLimits::default()).await
+}
+
+async fn start_with(config: Arc<rustls::ServerConfig>, limits: ServerLimits) -> SocketAddr {
     let router = Router::new().route(
         "/",
         get(
@@ -104,7 +108,7 @@ async fn start(config: Arc<rustls::ServerConfig>) -> SocketAddr {
         listener,
         router,
         Some(TlsAcceptor::from(config)),
-        ServerLimits::default(),
+        limits,
         std::future::pending(),
     ));
     addr
@@ -298,4 +302,28 @@ fn missing_key_file_names_the_flag() {
         .expect_err("cert as key")
         .to_string();
     assert!(err.contains("no PKCS#8, SEC1 or RSA private key"), "{err}");
+}
+
+#[tokio::test]
+async fn stalled_handshakes_are_dropped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = new_ca("wrenn test CA");
+    let server_leaf = leaf(&ca, "host-test", false);
+    let files = write_files(dir.path(), "a", &server_leaf, Some(&ca));
+    let limits = ServerLimits {
+        tls_handshake_timeout: std::time::Duration::from_millis(300),
+        ..ServerLimits::default()
+    };
+    let addr = start_with(tls::server_config(&files).expect("config"), limits).await;
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    // The start of a TLS record header, then silence.
+    s.write_all(&[0x16, 0x03, 0x01]).await.expect("write");
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 64];
+    let r = tokio::time::timeout(std::time::Duration::from_secs(3), s.read(&mut buf))
+        .await
+        .expect("server must give up on the handshake");
+    assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(250));
 }

@@ -283,6 +283,11 @@ pub async fn build_image(opts: &BuildOptions) -> AgentResult<GuestImage> {
     if !opts.force
         && let Some(image) = existing(&opts.images_dir, &version)
     {
+        // Newest again for pruning purposes, which go by manifest time.
+        let manifest = image.dir.join(MANIFEST);
+        if let Ok(f) = std::fs::File::options().write(true).open(&manifest) {
+            let _ = f.set_modified(std::time::SystemTime::now());
+        }
         set_current(&opts.images_dir, &version)?;
         prune_images(&opts.images_dir, KEEP_IMAGES)?;
         tracing::info!(
@@ -333,9 +338,9 @@ pub async fn build_image(opts: &BuildOptions) -> AgentResult<GuestImage> {
     let out = RemoveOnDrop(Some(staging_dir.clone()));
 
     let bzimage = std::fs::read(&tree.vmlinuz).map_err(|e| AgentError::io(&tree.vmlinuz, e))?;
-    let vmlinux = kernel::extract_vmlinux(&bzimage).await?;
+    let vmlinux = kernel::extract_vmlinux(bzimage).await?;
     write_file(&staging_dir.join(FILE_KERNEL), &vmlinux)?;
-    drop((bzimage, vmlinux));
+    drop(vmlinux);
     std::fs::copy(&tree.config, staging_dir.join(FILE_KERNEL_CONFIG))
         .map_err(|e| AgentError::io(&tree.config, e))?;
     tracing::info!(
@@ -553,6 +558,22 @@ fn check_envd(path: &Path) -> AgentResult<String> {
             path.display()
         )));
     }
+    // A dynamically linked envd only runs if the guest's glibc is new enough; the .interp
+    // section naming the loader sits in the first page of a dynamic executable.
+    let mut first_page = Vec::with_capacity(4096);
+    if std::fs::File::open(path)
+        .and_then(|f| {
+            use std::io::Read;
+            f.take(4096).read_to_end(&mut first_page)
+        })
+        .is_ok()
+        && first_page.windows(7).any(|w| w == b"ld-linu")
+    {
+        tracing::warn!(
+            envd = %path.display(),
+            "envd is dynamically linked: it runs only if the guest's glibc is compatible; prefer the static build (--target x86_64-unknown-linux-musl)"
+        );
+    }
     sha256_file(path)
 }
 
@@ -705,7 +726,8 @@ fn prune_cache(
         };
         for e in entries.filter_map(Result::ok) {
             let name = e.file_name().to_string_lossy().into_owned();
-            if keep(&name) {
+            // Dot names and .tmp- folders are work in progress (a Firecracker build downloading).
+            if keep(&name) || name.starts_with('.') || name.contains(".tmp-") {
                 continue;
             }
             let path = e.path();
@@ -729,32 +751,43 @@ fn prune_cache(
     prune(&cache_dir.join("rootfs"), &|n| n == tree_key);
 }
 
-/// Removes what an interrupted build left behind. Safe because the caller holds both locks.
+/// The pid in a scratch name (`x.tmp-<pid>`, `x.old-<pid>`, `staging-<pid>`,
+/// `.download-<pid>`), if the name is one.
+fn scratch_owner(name: &str) -> Option<u32> {
+    [".tmp-", ".old-", "staging-", ".download-"]
+        .iter()
+        .find_map(|marker| {
+            let at = name.rfind(marker)?;
+            name[at + marker.len()..].parse().ok()
+        })
+}
+
+/// Whether a scratch folder was left by a process that is gone (or by this one, which holds
+/// the locks now, so its earlier scratch is finished with). A Firecracker kernel build, which
+/// runs for an hour without the locks, keeps its scratch space.
+fn is_leftover(name: &str) -> bool {
+    match scratch_owner(name) {
+        Some(pid) => pid == std::process::id() || !Path::new(&format!("/proc/{pid}")).exists(),
+        None => false,
+    }
+}
+
+/// Removes what interrupted builds left behind.
 async fn remove_leftovers(opts: &BuildOptions) {
     let mut stale = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(&opts.images_dir) {
-        for e in entries.filter_map(Result::ok) {
-            let n = e.file_name().to_string_lossy().into_owned();
-            if n.contains(".tmp-") || n.contains(".old-") {
-                stale.push(e.path());
-            }
-        }
-    }
-    if let Ok(entries) = std::fs::read_dir(&opts.cache_dir) {
-        for e in entries.filter_map(Result::ok) {
-            if e.file_name().to_string_lossy().starts_with("staging-") {
-                stale.push(e.path());
-            }
-        }
-    }
-    for dir in ["rootfs", "kernel", "busybox", "firecracker"] {
-        if let Ok(entries) = std::fs::read_dir(opts.cache_dir.join(dir)) {
+    let mut scan = |dir: &Path| {
+        if let Ok(entries) = std::fs::read_dir(dir) {
             for e in entries.filter_map(Result::ok) {
-                if e.file_name().to_string_lossy().contains(".tmp-") {
+                if is_leftover(&e.file_name().to_string_lossy()) {
                     stale.push(e.path());
                 }
             }
         }
+    };
+    scan(&opts.images_dir);
+    scan(&opts.cache_dir);
+    for dir in ["rootfs", "kernel", "busybox", "firecracker", "debs"] {
+        scan(&opts.cache_dir.join(dir));
     }
     for path in stale {
         tracing::info!(path = %path.display(), "removing a leftover of an interrupted build");
@@ -978,6 +1011,19 @@ mod tests {
             images.join("000000000000000f.tmp-1").is_dir(),
             "not ours to judge"
         );
+    }
+
+    #[test]
+    fn leftovers_are_recognised_by_owner() {
+        assert_eq!(scratch_owner("0123456789abcdef.tmp-42"), Some(42));
+        assert_eq!(scratch_owner("0123456789abcdef.old-7"), Some(7));
+        assert_eq!(scratch_owner("staging-99"), Some(99));
+        assert_eq!(scratch_owner("0123456789abcdef"), None);
+        assert_eq!(scratch_owner("x.tmp-notapid"), None);
+        assert!(is_leftover(&format!("x.tmp-{}", std::process::id())));
+        assert!(!is_leftover("x.tmp-1")); // pid 1 is always alive
+        assert!(is_leftover("x.tmp-4294967295"));
+        assert!(!is_leftover("current"));
     }
 
     #[test]

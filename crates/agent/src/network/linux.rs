@@ -3,10 +3,14 @@
 //!
 //! A slot is built with four process runs, each batching several steps (`ip -batch -` on the
 //! host, `ip -n <ns> -batch -` in the namespace, one `ip netns exec` for the namespace's
-//! forwarding switch and rules, one `nft -f -` on the host), so creating a slot costs tens of
-//! milliseconds rather than the hundreds that one process per step would. Nothing here keeps
-//! state: every name follows from the slot number, which is what lets [`Network::destroy`] and
-//! [`Network::cleanup_stale`] work after an agent restart.
+//! forwarding switch and rules, one `nft -f -` on the host), rather than one process per step.
+//! Measured on the 2-core development VM: about 20 ms to create a slot, 15-45 ms to remove one.
+//! Nothing here keeps state: every name follows from the slot number, which is what lets
+//! [`Network::destroy`] and [`Network::cleanup_stale`] work after an agent restart.
+//!
+//! A create whose future is dropped half-way (its request cancelled) leaves what it made so far;
+//! the next create of the same slot replaces such leftovers, and `cleanup_stale` sweeps them at
+//! start-up.
 
 use super::nat;
 use super::slots::{self, MAX_SLOTS, NS_VETH_NAME, SlotAddresses};
@@ -159,7 +163,7 @@ impl LinuxNetwork {
         // The host's rules only name the veth, so they can load while the namespace is set up.
         // Each run mostly waits in the kernel (about 10 ms per nft commit here, with no CPU
         // time), so overlapping them shortens a create.
-        let host_rules = nat::host_ruleset(addrs, egress);
+        let host_rules = nat::host_ruleset(addrs, egress, options.metadata_port);
         let host = self.run(&self.nft, &["-f", "-"], Some(&host_rules));
         tokio::try_join!(inside, host)?;
         Ok(())
@@ -389,7 +393,11 @@ impl Network for LinuxNetwork {
         Ok(())
     }
 
-    async fn cleanup_stale(&self, keep: &[u32]) -> AgentResult<CleanupReport> {
+    async fn cleanup_stale(
+        &self,
+        range: std::ops::RangeInclusive<u32>,
+        keep: &[u32],
+    ) -> AgentResult<CleanupReport> {
         let keep: HashSet<u32> = keep.iter().copied().collect();
         let inventory = self.inventory().await?;
         let stale: BTreeSet<u32> = inventory
@@ -398,7 +406,7 @@ impl Network for LinuxNetwork {
             .chain(&inventory.links)
             .chain(&inventory.tables)
             .map(|(slot, _)| *slot)
-            .filter(|slot| !keep.contains(slot))
+            .filter(|slot| range.contains(slot) && !keep.contains(slot))
             .collect();
 
         let results: Vec<(u32, AgentResult<()>)> = futures::stream::iter(stale)

@@ -75,7 +75,11 @@ pub trait Network: Send + Sync + std::fmt::Debug {
     /// Removes everything `create` made for `slot`. Succeeds if it is already gone.
     async fn destroy(&self, slot: u32) -> AgentResult<()>;
 
-    /// Removes the namespaces, links and nftables tables of every slot not in `keep` (leftovers
-    /// of a crashed agent).
-    async fn cleanup_stale(&self, keep: &[u32]) -> AgentResult<CleanupReport>;
+    /// Removes the namespaces, links and nftables tables of every slot in `range` that is not in
+    /// `keep` (leftovers of a crashed agent). Slots outside `range` belong to another agent.
+    async fn cleanup_stale(
+        &self,
+        range: std::ops::RangeInclusive<u32>,
+        keep: &[u32],
+    ) -> AgentResult<CleanupReport>;
 }

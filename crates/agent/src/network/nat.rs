@@ -77,7 +77,11 @@ pub fn namespace_ruleset(addrs: &SlotAddresses, metadata_port: Option<u16>) -> S
 ///   policy; the `drop`s here are binding whatever other tables say.
 /// - `postrouting`: the slot's traffic is masqueraded when it leaves through `egress_iface`, or
 ///   through any interface but its own veth when no egress interface is known.
-pub fn host_ruleset(addrs: &SlotAddresses, egress_iface: Option<&str>) -> String {
+pub fn host_ruleset(
+    addrs: &SlotAddresses,
+    egress_iface: Option<&str>,
+    metadata_port: Option<u16>,
+) -> String {
     let table = host_table(addrs.slot);
     let veth = &addrs.host_veth;
     let vpeer = addrs.vpeer_ip;
@@ -85,23 +89,37 @@ pub fn host_ruleset(addrs: &SlotAddresses, egress_iface: Option<&str>) -> String
         Some(iface) => format!("\t\tip saddr {vpeer} oifname \"{iface}\" masquerade"),
         None => format!("\t\tip saddr {vpeer} oifname != \"{veth}\" masquerade"),
     };
-    to_text(vec![
-        format!("table ip {table} {{}}"),
-        format!("delete table ip {table}"),
-        format!("table ip {table} {{"),
-        "\tchain forward {".to_string(),
-        "\t\ttype filter hook forward priority filter; policy accept;".to_string(),
-        format!("\t\tiifname \"{veth}\" oifname \"{HOST_VETH_PREFIX}*\" drop"),
-        format!("\t\tiifname \"{veth}\" accept"),
-        format!("\t\toifname \"{veth}\" ct state established,related accept"),
-        format!("\t\toifname \"{veth}\" drop"),
-        "\t}".to_string(),
-        "\tchain postrouting {".to_string(),
-        "\t\ttype nat hook postrouting priority srcnat; policy accept;".to_string(),
-        masquerade,
-        "\t}".to_string(),
-        "}".to_string(),
-    ])
+    to_text(
+        vec![
+            format!("table ip {table} {{}}"),
+            format!("delete table ip {table}"),
+            format!("table ip {table} {{"),
+            "\tchain forward {".to_string(),
+            "\t\ttype filter hook forward priority filter; policy accept;".to_string(),
+            format!("\t\tiifname \"{veth}\" oifname \"{HOST_VETH_PREFIX}*\" drop"),
+            format!("\t\tiifname \"{veth}\" accept"),
+            format!("\t\toifname \"{veth}\" ct state established,related accept"),
+            format!("\t\toifname \"{veth}\" drop"),
+            "\t}".to_string(),
+            // The guest reaches nothing on the host itself (the agent's RPC port, the proxy, other
+            // daemons) except the metadata server; replies to the host's own connections pass.
+            "\tchain input {".to_string(),
+            "\t\ttype filter hook input priority filter; policy accept;".to_string(),
+            format!("\t\tiifname \"{veth}\" ct state established,related accept"),
+        ]
+        .into_iter()
+        .chain(metadata_port.map(|p| format!("\t\tiifname \"{veth}\" tcp dport {p} accept")))
+        .chain([
+            format!("\t\tiifname \"{veth}\" drop"),
+            "\t}".to_string(),
+            "\tchain postrouting {".to_string(),
+            "\t\ttype nat hook postrouting priority srcnat; policy accept;".to_string(),
+            masquerade,
+            "\t}".to_string(),
+            "}".to_string(),
+        ])
+        .collect(),
+    )
 }
 
 /// One rule per line, newline-terminated, as `nft -f` reads it.
@@ -192,7 +210,7 @@ mod tests {
     fn host_ruleset_with_egress_interface() {
         let a = SlotAddresses::for_slot(5);
         assert_eq!(
-            host_ruleset(&a, Some("ens3")),
+            host_ruleset(&a, Some("ens3"), Some(50052)),
             "table ip wrenn-slot-5 {}\n\
              delete table ip wrenn-slot-5\n\
              table ip wrenn-slot-5 {\n\
@@ -202,6 +220,12 @@ mod tests {
              \t\tiifname \"wrenn-v5\" accept\n\
              \t\toifname \"wrenn-v5\" ct state established,related accept\n\
              \t\toifname \"wrenn-v5\" drop\n\
+             \t}\n\
+             \tchain input {\n\
+             \t\ttype filter hook input priority filter; policy accept;\n\
+             \t\tiifname \"wrenn-v5\" ct state established,related accept\n\
+             \t\tiifname \"wrenn-v5\" tcp dport 50052 accept\n\
+             \t\tiifname \"wrenn-v5\" drop\n\
              \t}\n\
              \tchain postrouting {\n\
              \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
@@ -214,7 +238,11 @@ mod tests {
     #[test]
     fn host_ruleset_without_egress_masquerades_everything_but_the_veth() {
         let a = SlotAddresses::for_slot(32767);
-        let rules = host_ruleset(&a, None);
+        let rules = host_ruleset(&a, None, None);
+        assert!(
+            !rules.contains("dport"),
+            "no metadata port, no exception: {rules}"
+        );
         assert!(
             rules.contains("\t\tip saddr 10.12.255.255 oifname != \"wrenn-v32767\" masquerade\n"),
             "{rules}"
@@ -228,7 +256,7 @@ mod tests {
     fn braces_balance() {
         for rules in [
             namespace_ruleset(&SlotAddresses::for_slot(1), Some(80)),
-            host_ruleset(&SlotAddresses::for_slot(1), None),
+            host_ruleset(&SlotAddresses::for_slot(1), None, Some(1)),
         ] {
             let open = rules.matches('{').count();
             let close = rules.matches('}').count();

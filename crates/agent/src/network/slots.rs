@@ -30,6 +30,7 @@ pub const MAX_IFNAME_LEN: usize = 15;
 /// with [`SlotAllocator::reserve`] before handing out new ones.
 #[derive(Debug)]
 pub struct SlotAllocator {
+    first: u32,
     max: u32,
     state: Mutex<SlotState>,
 }
@@ -56,10 +57,18 @@ impl SlotAllocator {
 
     /// An allocator over slots 1..=`max` (capped at [`MAX_SLOTS`]); small limits are for tests.
     pub fn with_max(max: u32) -> Self {
+        Self::with_range(1, max)
+    }
+
+    /// An allocator over slots `first..=last` (clamped to 1..=[`MAX_SLOTS`]): two agents on one
+    /// host get disjoint ranges.
+    pub fn with_range(first: u32, last: u32) -> Self {
+        let first = first.max(1);
         Self {
-            max: max.min(MAX_SLOTS),
+            first,
+            max: last.min(MAX_SLOTS),
             state: Mutex::new(SlotState {
-                next: 1,
+                next: first,
                 free: BTreeSet::new(),
             }),
         }
@@ -82,7 +91,7 @@ impl SlotAllocator {
     /// Marks `slot` as taken (a sandbox that survived an agent restart). False if the slot is out
     /// of range or already taken.
     pub fn reserve(&self, slot: u32) -> bool {
-        if slot == 0 || slot > self.max {
+        if slot < self.first || slot > self.max {
             return false;
         }
         let mut state = self.lock();
@@ -99,12 +108,12 @@ impl SlotAllocator {
     /// Returns `slot` to the pool. Releasing a free slot does nothing.
     pub fn release(&self, slot: u32) {
         let mut state = self.lock();
-        if slot == 0 || slot >= state.next {
+        if slot < self.first || slot >= state.next {
             return;
         }
         state.free.insert(slot);
         // Keep `free` small: free slots just below `next` are folded back into it.
-        while state.next > 1 {
+        while state.next > self.first {
             let last = state.next - 1;
             if !state.free.remove(&last) {
                 break;
@@ -116,7 +125,7 @@ impl SlotAllocator {
     /// The slots in use, in ascending order.
     pub fn in_use(&self) -> Vec<u32> {
         let state = self.lock();
-        (1..state.next)
+        (self.first..state.next)
             .filter(|slot| !state.free.contains(slot))
             .collect()
     }
@@ -198,6 +207,20 @@ pub(crate) fn parse_slot(digits: &str) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_ranged_allocator_stays_in_its_range() {
+        let a = SlotAllocator::with_range(100, 102);
+        assert_eq!(a.allocate().expect("slot"), 100);
+        assert!(!a.reserve(99), "below the range");
+        assert!(!a.reserve(103), "above the range");
+        assert!(a.reserve(102));
+        assert_eq!(a.allocate().expect("slot"), 101);
+        assert!(a.allocate().is_err(), "range exhausted");
+        a.release(100);
+        assert_eq!(a.in_use(), vec![101, 102]);
+        assert_eq!(a.allocate().expect("slot"), 100);
+    }
 
     #[test]
     fn addresses_of_slot_1() {

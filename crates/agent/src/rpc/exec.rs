@@ -2,7 +2,6 @@
 //! work is in [`envd_ops`]; these find the sandbox and translate messages.
 
 use super::{RpcResult, RpcState, rpc_err};
-use crate::error::AgentError;
 use crate::sandbox::Sandbox;
 use crate::sandbox::envd_ops::{
     self, EXEC_DEFAULT_TIMEOUT, EventStream, ProcessEvent, ProcessSpec, Selector,
@@ -18,9 +17,7 @@ use wrenn_protocol::hostagent as pb;
 /// too, unlike upstream: a client busy moving files is not idle).
 pub(super) fn active(st: &RpcState, id: &str) -> RpcResult<Arc<Sandbox>> {
     if id.is_empty() {
-        return Err(rpc_err(AgentError::InvalidArgument(
-            "sandbox_id is required".into(),
-        )));
+        return Err(RpcError::invalid_argument("sandbox_id is required"));
     }
     st.manager.get_active(id).map_err(rpc_err)
 }
@@ -34,9 +31,10 @@ pub(super) fn touching<T: Send + 'static>(
     stream.inspect(move |_| sb.touch())
 }
 
-fn timeout(secs: i32, default: Option<Duration>) -> RpcResult<Option<Duration>> {
+/// `timeout_sec`: 0 is none given.
+fn timeout(secs: i32) -> RpcResult<Option<Duration>> {
     match secs {
-        0 => Ok(default),
+        0 => Ok(None),
         s if s > 0 => Ok(Some(Duration::from_secs(s as u64))),
         _ => Err(RpcError::invalid_argument(
             "timeout_sec must not be negative",
@@ -79,8 +77,7 @@ fn exec_events(
 
 pub async fn exec(st: RpcState, _: CallInfo, req: pb::ExecRequest) -> RpcResult<pb::ExecResponse> {
     let sb = active(&st, &req.sandbox_id)?;
-    let limit =
-        timeout(req.timeout_sec, Some(EXEC_DEFAULT_TIMEOUT))?.unwrap_or(EXEC_DEFAULT_TIMEOUT);
+    let limit = timeout(req.timeout_sec)?.unwrap_or(EXEC_DEFAULT_TIMEOUT);
     let spec = ProcessSpec {
         cmd: req.cmd,
         args: req.args,
@@ -105,7 +102,7 @@ pub async fn exec_stream(
     req: pb::ExecStreamRequest,
 ) -> RpcResult<ResponseStream<pb::ExecStreamResponse>> {
     let sb = active(&st, &req.sandbox_id)?;
-    let limit = timeout(req.timeout_sec, None)?;
+    let limit = timeout(req.timeout_sec)?;
     let spec = ProcessSpec {
         cmd: req.cmd,
         args: req.args,

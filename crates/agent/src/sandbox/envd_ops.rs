@@ -4,10 +4,12 @@
 //! inside a VM, or one running on the host in tests. The RPC handlers only find the sandbox and
 //! translate messages.
 //!
-//! Results are Connect errors ([`OpResult`]) rather than [`AgentError`](crate::error::AgentError)s because several failures
-//! here are the agent's own limits (output caps, the `ReadFile` size limit) that must reach the
-//! caller as `resource_exhausted`, and envd's own codes (`not_found`, `invalid_argument`, ...)
-//! must pass through unchanged. `AgentError`s from [`EnvdClient`] convert with `?` (logging internal ones).
+//! Results are Connect errors ([`OpResult`]) rather than [`AgentError`]s: several failures here
+//! are the agent's own limits (output caps, the `ReadFile` size limit) that must reach the caller
+//! as `resource_exhausted`, and envd's codes (`not_found`, `invalid_argument`, ...) must pass
+//! through unchanged. `AgentError`s from [`EnvdClient`] convert with `?` (logging internal ones).
+//!
+//! [`AgentError`]: crate::error::AgentError
 //!
 //! Process streams are the envd `process.Start`/`Connect` streams reduced to [`ProcessEvent`]s,
 //! always starting with [`ProcessEvent::Started`] and ending after [`ProcessEvent::Ended`] (or an
@@ -706,17 +708,41 @@ async fn upload(envd: &EnvdClient, path: &str, body: UploadBody) -> OpResult<()>
     let client: Client<_, UploadBody> = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(0)
         .build(connector);
-    let resp = client.request(req).await.map_err(|e| {
-        RpcError::unavailable(format!("envd upload of {path}: {}", error_chain(&e)))
-    })?;
+    let resp = match client.request(req).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            let cut = RpcError::unavailable(format!(
+                "envd upload of {path}: {}",
+                crate::error::error_chain(&e)
+            ));
+            return Err(if e.is_connect() {
+                cut
+            } else {
+                explain_cut_upload(envd, path, cut).await
+            });
+        }
+    };
     if !resp.status().is_success() {
         return Err(http_error(resp).await);
     }
     Ok(())
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    crate::error::error_chain(e)
+/// Why envd may have cut an upload off. envd answers a refused upload at once and closes the
+/// connection without reading the rest of the body, so the agent, still sending, usually sees a
+/// broken pipe rather than the answer. The common causes show on the target itself.
+async fn explain_cut_upload(envd: &EnvdClient, path: &str, cut: RpcError) -> RpcError {
+    let req = fs::StatRequest {
+        path: path.to_string(),
+    };
+    match fs_call::<_, fs::StatResponse>(envd, "Stat", &req).await {
+        Ok(fs::StatResponse { entry: Some(e) }) if e.r#type == fs::FileType::Directory as i32 => {
+            invalid(format!("envd: {path} is a directory"))
+        }
+        // A parent that is a file, a path the user may not touch: envd's own words.
+        Err(e) if matches!(e.code, Code::InvalidArgument | Code::PermissionDenied) => e,
+        _ => cut,
+    }
 }
 
 /// Writes a whole file (creating parent directories, replacing any file there).

@@ -171,7 +171,7 @@ pub fn now_unix() -> i64 {
 impl SandboxManager {
     pub fn new(cfg: ManagerConfig, vmm: Arc<dyn Vmm>, network: Arc<dyn Network>) -> Arc<Self> {
         Arc::new(Self {
-            slots: allocator_for(cfg.slot_range),
+            slots: SlotAllocator::with_range(cfg.slot_range.0, cfg.slot_range.1),
             cfg,
             vmm,
             network,
@@ -531,9 +531,10 @@ impl SandboxManager {
         }
         report.orphan_vms = kill_orphan_vms(&root, &known_pids).await;
         let (first, last) = self.cfg.slot_range;
-        // Slots outside this agent's range belong to someone else: keep them too.
-        keep_slots.extend((1..first).chain(last + 1..=crate::network::slots::MAX_SLOTS));
-        let cleanup = self.network.cleanup_stale(&keep_slots).await?;
+        let cleanup = self
+            .network
+            .cleanup_stale(first..=last, &keep_slots)
+            .await?;
         report.stale_namespaces = cleanup.namespaces.len();
         tracing::info!(
             adopted = report.adopted.len(),
@@ -692,15 +693,6 @@ impl SandboxManager {
     pub fn shutdown(&self) {
         self.shutdown.cancel();
     }
-}
-
-/// An allocator that only hands out slots in `range`.
-fn allocator_for((first, last): (u32, u32)) -> SlotAllocator {
-    let slots = SlotAllocator::with_max(last);
-    for s in 1..first {
-        slots.reserve(s);
-    }
-    slots
 }
 
 /// The `/init` a fresh or adopted sandbox gets: its defaults and the current time.

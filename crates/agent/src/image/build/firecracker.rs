@@ -69,9 +69,10 @@ pub const FIRECRACKER_OVERRIDES: &[(&str, Setting)] = &[
     ("KVM_GUEST", Setting::Yes),
     ("PARAVIRT_CLOCK", Setting::Yes),
     ("PVH", Setting::Yes),
-    // No module signing: Debian's config points at its own certificates and signing key,
-    // which a plain source tree does not have.
-    ("MODULE_SIG", Setting::No),
+    // No module signing enforcement, and no signing of modules at build time. Debian's
+    // certificate paths exist only in its packaging tree, so they are cleared. (MODULE_SIG itself
+    // stays on: Debian's SECURITY_LOCKDOWN_LSM selects it; unsigned modules still load, with a
+    // taint.)
     ("MODULE_SIG_FORCE", Setting::No),
     ("MODULE_SIG_ALL", Setting::No),
     ("SYSTEM_TRUSTED_KEYS", Setting::Str("")),
@@ -277,6 +278,14 @@ pub async fn prepare_firecracker_kernel_source(
     apt::unpack(&deb, &work.join("pkg")).await?;
 
     let src = work.join(format!("linux-source-{series}"));
+    if let Ok(entries) = std::fs::read_dir(&work) {
+        for e in entries.filter_map(Result::ok) {
+            if super::is_leftover(&e.file_name().to_string_lossy()) {
+                tracing::info!(path = %e.path().display(), "removing an interrupted unpack");
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
     if !src.join("Makefile").is_file() {
         tracing::info!("[2/4] unpacking the kernel source (a few minutes)");
         let tarball = find_source_tarball(&work.join("pkg/usr/src"))?;
@@ -550,7 +559,7 @@ CONFIG_DEBUG_INFO_BTF_MODULES=y
         assert_eq!(config_value(&out, "VIRTIO_MMIO_CMDLINE_DEVICES"), Some("y"));
         assert_eq!(config_value(&out, "IP_PNP"), Some("y"));
         assert_eq!(config_value(&out, "IP_PNP_DHCP"), None);
-        assert_eq!(config_value(&out, "MODULE_SIG"), None);
+        assert_eq!(config_value(&out, "MODULE_SIG_FORCE"), None);
         assert_eq!(config_value(&out, "MODULE_SIG_ALL"), None);
         assert_eq!(config_value(&out, "SYSTEM_TRUSTED_KEYS"), Some("\"\""));
         assert_eq!(config_value(&out, "DEBUG_INFO_BTF"), None);
@@ -633,7 +642,8 @@ CONFIG_DEBUG_INFO_BTF_MODULES=y
         let prepared = prepare_firecracker_kernel_source(&opts).await.unwrap();
         let config = std::fs::read_to_string(prepared.dir.join(".config")).unwrap();
         check_firecracker_config(&config).unwrap();
-        assert_eq!(config_value(&config, "MODULE_SIG"), None);
+        assert_eq!(config_value(&config, "MODULE_SIG_FORCE"), None);
+        assert_eq!(config_value(&config, "MODULE_SIG_ALL"), None);
         assert_eq!(config_value(&config, "SYSTEM_TRUSTED_KEYS"), Some("\"\""));
         assert_eq!(config_value(&config, "DEBUG_INFO"), None);
         assert_eq!(config_value(&config, "IP_PNP_DHCP"), None);

@@ -9,6 +9,7 @@
 
 use crate::error::{AgentError, AgentResult};
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 const ELF_MAGIC: &[u8] = b"\x7fELF";
@@ -140,28 +141,19 @@ pub async fn read_module(path: &Path) -> AgentResult<Vec<u8>> {
     Ok(data)
 }
 
-/// The uncompressed ELF kernel inside a bzImage.
-pub async fn extract_vmlinux(bzimage: &[u8]) -> AgentResult<Vec<u8>> {
-    let (payload, expected_len) = bzimage_payload(bzimage)?;
-    let elf = match payload {
-        p if p.starts_with(&LZ4_LEGACY_MAGIC.to_le_bytes()) => lz4_legacy_decompress(p)
-            .map_err(|e| AgentError::Image(format!("the kernel's LZ4 payload is corrupt: {e}")))?,
-        p if p.starts_with(&[0x1f, 0x8b]) => {
-            use std::io::Read;
-            let mut out = Vec::new();
-            flate2::read::GzDecoder::new(p)
-                .read_to_end(&mut out)
-                .map_err(|e| AgentError::Image(format!("the kernel's gzip payload: {e}")))?;
-            out
-        }
-        p if p.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) => decompress_with("xz", p).await?,
-        p if p.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) => decompress_with("zstd", p).await?,
-        p => {
-            return Err(AgentError::Image(format!(
-                "unknown kernel compression (payload starts with {:02x?})",
-                &p[..p.len().min(6)]
-            )));
-        }
+/// The uncompressed ELF kernel inside a bzImage. The decompression (tens of MB) runs on a
+/// blocking thread.
+pub async fn extract_vmlinux(bzimage: Vec<u8>) -> AgentResult<Vec<u8>> {
+    let (range, expected_len) = bzimage_payload(&bzimage)?;
+    let payload = &bzimage[range.clone()];
+    let in_rust =
+        payload.starts_with(&LZ4_LEGACY_MAGIC.to_le_bytes()) || payload.starts_with(&[0x1f, 0x8b]);
+    let elf = if in_rust {
+        tokio::task::spawn_blocking(move || decompress_in_rust(&bzimage[range]))
+            .await
+            .map_err(|e| AgentError::Internal(format!("kernel decompression task: {e}")))??
+    } else {
+        decompress_with_tool(payload).await?
     };
     if !elf.starts_with(ELF_MAGIC) {
         return Err(AgentError::Image(
@@ -177,6 +169,32 @@ pub async fn extract_vmlinux(bzimage: &[u8]) -> AgentResult<Vec<u8>> {
         )));
     }
     Ok(elf)
+}
+
+/// LZ4 (Debian's choice) and gzip payloads.
+fn decompress_in_rust(payload: &[u8]) -> AgentResult<Vec<u8>> {
+    if payload.starts_with(&LZ4_LEGACY_MAGIC.to_le_bytes()) {
+        return lz4_legacy_decompress(payload)
+            .map_err(|e| AgentError::Image(format!("the kernel's LZ4 payload is corrupt: {e}")));
+    }
+    use std::io::Read;
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(payload)
+        .read_to_end(&mut out)
+        .map_err(|e| AgentError::Image(format!("the kernel's gzip payload: {e}")))?;
+    Ok(out)
+}
+
+/// xz and zstd payloads (other kernel builds) through their command-line tools.
+async fn decompress_with_tool(payload: &[u8]) -> AgentResult<Vec<u8>> {
+    match payload {
+        p if p.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) => decompress_with("xz", p).await,
+        p if p.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) => decompress_with("zstd", p).await,
+        p => Err(AgentError::Image(format!(
+            "unknown kernel compression (payload starts with {:02x?})",
+            &p[..p.len().min(6)]
+        ))),
+    }
 }
 
 async fn decompress_with(tool: &str, data: &[u8]) -> AgentResult<Vec<u8>> {
@@ -208,12 +226,12 @@ async fn decompress_with(tool: &str, data: &[u8]) -> AgentResult<Vec<u8>> {
     Ok(out.stdout)
 }
 
-/// The compressed payload of a bzImage and, when known, the uncompressed length.
+/// Where the compressed payload of a bzImage is and, when known, the uncompressed length.
 ///
 /// With boot protocol 2.08+ the setup header gives the payload's offset and length; the kernel
 /// build appends the uncompressed size as the payload's last 4 bytes (`size_append`). Older or odd
 /// images fall back to searching the LZ4 magic.
-pub fn bzimage_payload(image: &[u8]) -> AgentResult<(&[u8], Option<usize>)> {
+pub fn bzimage_payload(image: &[u8]) -> AgentResult<(Range<usize>, Option<usize>)> {
     let u32_at = |off: usize| -> Option<u32> {
         image
             .get(off..off + 4)
@@ -237,10 +255,8 @@ pub fn bzimage_payload(image: &[u8]) -> AgentResult<(&[u8], Option<usize>)> {
             let start = pm_start + off as usize;
             let end = start + len as usize;
             if len >= 8 && end <= image.len() {
-                let payload = &image[start..end];
-                let (data, size) = payload.split_at(payload.len() - 4);
-                let size = u32::from_le_bytes([size[0], size[1], size[2], size[3]]) as usize;
-                return Ok((data, Some(size)));
+                let size = u32_at(end - 4).map(|s| s as usize);
+                return Ok((start..end - 4, size));
             }
         }
     }
@@ -248,7 +264,7 @@ pub fn bzimage_payload(image: &[u8]) -> AgentResult<(&[u8], Option<usize>)> {
     image
         .windows(4)
         .position(|w| w == magic)
-        .map(|pos| (&image[pos..], None))
+        .map(|pos| (pos..image.len(), None))
         .ok_or_else(|| {
             AgentError::Image(
                 "the kernel image has no readable bzImage header and no LZ4 payload".into(),
@@ -446,12 +462,12 @@ mod tests {
         img.resize(1024 + 100, 0xAA);
         img.extend_from_slice(&lz);
         img.extend_from_slice(b"trailing junk");
-        assert_eq!(extract_vmlinux(&img).await.unwrap(), elf);
+        assert_eq!(extract_vmlinux(img.clone()).await.unwrap(), elf);
 
         // A wrong recorded size is caught.
         let n = img.len() - 13 - 4;
         img[n..n + 4].copy_from_slice(&99u32.to_le_bytes());
-        assert!(extract_vmlinux(&img).await.is_err());
+        assert!(extract_vmlinux(img).await.is_err());
     }
 
     #[test]
