@@ -291,7 +291,7 @@ async fn cleanup_stale_removes_only_unkept_slots() {
         .collect();
     assert!(keep.contains(&kept));
     let report = net
-        .cleanup_stale(1..=MAX_SLOTS, &keep)
+        .cleanup_stale(1..=wrenn_agent::network::slots::MAX_SLOTS, &keep)
         .await
         .expect("cleanup");
     assert_eq!(report.namespaces, vec![format!("wrenn-ns-{stale}")]);
@@ -306,7 +306,7 @@ async fn cleanup_stale_removes_only_unkept_slots() {
 
     // A second sweep finds nothing more to do.
     let again = net
-        .cleanup_stale(1..=MAX_SLOTS, &keep)
+        .cleanup_stale(1..=wrenn_agent::network::slots::MAX_SLOTS, &keep)
         .await
         .expect("cleanup");
     assert_eq!(again, Default::default());

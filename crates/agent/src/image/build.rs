@@ -246,9 +246,10 @@ pub fn default_mirror() -> String {
 
 /// Builds (or finds) the image for the current inputs and points `images/current` at it.
 ///
-/// Cold, this takes a few minutes (debootstrap is most of it); with the debootstrap tree cached
-/// well under a minute; with an unchanged version a second or two (apt lookups only). Holds a
-/// lock on the cache and images directories, so concurrent builds wait for each other.
+/// Cold, this takes about a minute on a 2-core machine with a fast mirror (debootstrap is most
+/// of it); with the debootstrap tree cached about 5 s; with an unchanged version a second or two
+/// (apt lookups only). Holds a lock on the cache and images directories, so concurrent builds
+/// wait for each other. Needs root (debootstrap, file ownership in the image).
 pub async fn build_image(opts: &BuildOptions) -> AgentResult<GuestImage> {
     let started = Instant::now();
     for dir in [&opts.images_dir, &opts.cache_dir] {

@@ -696,9 +696,15 @@ impl SandboxManager {
 }
 
 /// The `/init` a fresh or adopted sandbox gets: its defaults and the current time.
+///
+/// The identity variables are sent too: envd also learns them from the metadata service, but its
+/// poll may still be running when the first command arrives on a busy host.
 pub fn init_request(record: &SandboxRecord) -> InitRequest {
+    let mut env = record.default_env.clone();
+    env.insert("WRENN_SANDBOX_ID".into(), record.sandbox_id.clone());
+    env.insert("WRENN_TEMPLATE_ID".into(), record.template_id.clone());
     InitRequest {
-        env_vars: (!record.default_env.is_empty()).then(|| record.default_env.clone()),
+        env_vars: Some(env),
         default_user: (!record.default_user.is_empty()).then(|| record.default_user.clone()),
         default_workdir: None,
         timestamp: Some(rfc3339_now()),
