@@ -32,7 +32,7 @@ pub enum AgentError {
     Image(String),
     #[error("envd in sandbox {id}: {detail}")]
     Envd { id: String, detail: String },
-    #[error("envd in sandbox {id} answered: {source}")]
+    #[error("envd in sandbox {id} answered")]
     EnvdRpc {
         id: String,
         #[source]
