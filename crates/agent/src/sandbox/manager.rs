@@ -386,21 +386,8 @@ impl SandboxManager {
         };
         envd.init(&init_request(&record)).await?;
 
-        let sandbox = Arc::new(Sandbox {
-            id: id.clone(),
-            addresses,
-            envd,
-            dir,
-            record: Mutex::new(record),
-            status: Mutex::new(SandboxStatus::Running),
-            lifecycle: tokio::sync::Mutex::new(()),
-            last_active: AtomicI64::new(now_unix()),
-            metrics: Mutex::new(MetricsRing::default()),
-            tasks: self.shutdown.child_token(),
-        });
-        write(&self.boxes).insert(id.clone(), sandbox.clone());
+        let sandbox = self.register(record, addresses, envd, dir);
         undo.disarm();
-        self.spawn_sampler(&sandbox);
         tracing::info!(
             sandbox = %id,
             slot,
@@ -556,10 +543,22 @@ impl SandboxManager {
                 address: None,
             },
         );
+        let envd = EnvdClient::new(&id, IpAddr::V4(addresses.host_ip));
+        self.register(record, addresses, envd, dir);
+    }
+
+    /// Puts a running sandbox in the live map and starts its sampler.
+    fn register(
+        self: &Arc<Self>,
+        record: SandboxRecord,
+        addresses: SlotAddresses,
+        envd: EnvdClient,
+        dir: PathBuf,
+    ) -> Arc<Sandbox> {
         let sandbox = Arc::new(Sandbox {
-            id: id.clone(),
-            envd: EnvdClient::new(&id, IpAddr::V4(addresses.host_ip)),
+            id: record.sandbox_id.clone(),
             addresses,
+            envd,
             dir,
             record: Mutex::new(record),
             status: Mutex::new(SandboxStatus::Running),
@@ -568,8 +567,9 @@ impl SandboxManager {
             metrics: Mutex::new(MetricsRing::default()),
             tasks: self.shutdown.child_token(),
         });
-        write(&self.boxes).insert(id, sandbox.clone());
+        write(&self.boxes).insert(sandbox.id.clone(), sandbox.clone());
         self.spawn_sampler(&sandbox);
+        sandbox
     }
 
     /// Samples the VMM process's CPU and memory and the disk's allocation every second.
