@@ -31,6 +31,7 @@ use std::collections::HashMap;
 use std::pin::Pin;
 use std::time::Duration;
 use tokio::sync::mpsc;
+use wrenn_protocol::connect::MAX_MESSAGE_BYTES;
 use wrenn_protocol::connect::{Code, ConnectClient, Error as RpcError, Message, ResponseStream};
 use wrenn_protocol::envd::{filesystem as fs, process as proc, rpc_path};
 use wrenn_protocol::hostagent as pb;
@@ -49,12 +50,15 @@ pub type ByteStream = Pin<Box<dyn Stream<Item = OpResult<Bytes>> + Send>>;
 
 /// `Exec`'s limit when the caller gives none.
 pub const EXEC_DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
-/// `Exec` collects stdout and stderr in memory; each is capped so one chatty command cannot take
-/// the agent's memory. Larger output is what `ExecStream` is for.
-pub const EXEC_OUTPUT_LIMIT: usize = 64 * 1024 * 1024;
-/// `ReadFile` answers with the whole file in one message; larger files go through
-/// `ReadFileStream`.
-pub const READ_FILE_LIMIT: u64 = 100 * 1024 * 1024;
+/// Room left in a Connect message for everything but the payload.
+const MESSAGE_HEADROOM: usize = 64 * 1024;
+/// `Exec` collects stdout and stderr in memory and answers with both in one Connect message, so
+/// together they must fit one (16 MiB; a bigger reply would be refused by the caller's client).
+/// Larger output is what `ExecStream` is for.
+pub const EXEC_OUTPUT_LIMIT: usize = (MAX_MESSAGE_BYTES - MESSAGE_HEADROOM) / 2;
+/// `ReadFile` answers with the whole file in one Connect message; larger files go through
+/// `ReadFileStream` (the control plane's buffered 100 MB reads use it).
+pub const READ_FILE_LIMIT: u64 = (MAX_MESSAGE_BYTES - MESSAGE_HEADROOM) as u64;
 /// Chunk size of `ReadFileStream`.
 pub const STREAM_CHUNK: usize = 64 * 1024;
 /// Largest terminal side accepted, in columns or rows.
