@@ -3,9 +3,7 @@
 
 use super::{RpcResult, RpcState, rpc_err};
 use crate::sandbox::Sandbox;
-use crate::sandbox::envd_ops::{
-    self, EXEC_DEFAULT_TIMEOUT, EventStream, ProcessEvent, ProcessSpec, Selector,
-};
+use crate::sandbox::envd_ops::{self, EXEC_DEFAULT_TIMEOUT, EventStream, ProcessEvent, Selector};
 use futures::{Stream, StreamExt};
 use std::sync::Arc;
 use std::time::Duration;
@@ -78,13 +76,7 @@ fn exec_events(
 pub async fn exec(st: RpcState, _: CallInfo, req: pb::ExecRequest) -> RpcResult<pb::ExecResponse> {
     let sb = active(&st, &req.sandbox_id)?;
     let limit = timeout(req.timeout_sec)?.unwrap_or(EXEC_DEFAULT_TIMEOUT);
-    let spec = ProcessSpec {
-        cmd: req.cmd,
-        args: req.args,
-        envs: req.envs,
-        cwd: req.cwd,
-        user: req.user,
-    };
+    let spec = super::process_spec!(req);
     let out = envd_ops::exec(&sb.envd, &spec, limit).await?;
     Ok(pb::ExecResponse {
         stdout: out.stdout,
@@ -103,13 +95,7 @@ pub async fn exec_stream(
 ) -> RpcResult<ResponseStream<pb::ExecStreamResponse>> {
     let sb = active(&st, &req.sandbox_id)?;
     let limit = timeout(req.timeout_sec)?;
-    let spec = ProcessSpec {
-        cmd: req.cmd,
-        args: req.args,
-        envs: req.envs,
-        cwd: req.cwd,
-        user: req.user,
-    };
+    let spec = super::process_spec!(req);
     let events = envd_ops::exec_stream(&sb.envd, &spec, limit).await?;
     Ok(exec_events(sb, events, String::new()))
 }
@@ -120,13 +106,7 @@ pub async fn start_background(
     req: pb::StartBackgroundRequest,
 ) -> RpcResult<pb::StartBackgroundResponse> {
     let sb = active(&st, &req.sandbox_id)?;
-    let spec = ProcessSpec {
-        cmd: req.cmd,
-        args: req.args,
-        envs: req.envs,
-        cwd: req.cwd,
-        user: req.user,
-    };
+    let spec = super::process_spec!(req);
     let pid = envd_ops::start_background(&sb.envd, &spec, &req.tag).await?;
     Ok(pb::StartBackgroundResponse { pid, tag: req.tag })
 }

@@ -36,6 +36,21 @@ pub(crate) fn rpc_err(e: AgentError) -> RpcError {
     e.into_rpc()
 }
 
+/// The process a command request describes: `Exec`, `ExecStream`, `StartBackground` and
+/// `PtyAttach` all carry the same five fields, as separate message types.
+macro_rules! process_spec {
+    ($req:ident) => {
+        $crate::sandbox::envd_ops::ProcessSpec {
+            cmd: $req.cmd,
+            args: $req.args,
+            envs: $req.envs,
+            cwd: $req.cwd,
+            user: $req.user,
+        }
+    };
+}
+pub(crate) use process_spec;
+
 /// Registers one RPC: `rpc!(router, state, kind, "Method", handler)`.
 macro_rules! rpc {
     ($router:expr, $state:expr, $kind:ident, $method:literal, $handler:path) => {{

@@ -3,7 +3,7 @@
 
 use super::exec::{active, touching};
 use super::{RpcResult, RpcState};
-use crate::sandbox::envd_ops::{self, ProcessEvent, ProcessSpec};
+use crate::sandbox::envd_ops::{self, ProcessEvent};
 use futures::StreamExt;
 use wrenn_protocol::connect::server::{CallInfo, ResponseStream};
 use wrenn_protocol::hostagent as pb;
@@ -57,13 +57,7 @@ pub async fn pty_attach(
         } else {
             req.tag
         };
-        let spec = ProcessSpec {
-            cmd: req.cmd,
-            args: req.args,
-            envs: req.envs,
-            cwd: req.cwd,
-            user: req.user,
-        };
+        let spec = super::process_spec!(req);
         let events = envd_ops::pty_start(&sb.envd, &spec, &tag, (req.cols, req.rows)).await?;
         (tag, events)
     };
