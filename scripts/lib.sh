@@ -53,8 +53,46 @@ ensure_e2b_sdk() {
   echo "$venv/bin/python"
 }
 
+# ensure_wrenn_sdk: Wrenn's official Python SDK (`wrenn` 0.3.0) in a virtualenv, for the tests that
+# check the control plane against the client it must satisfy. Prints the interpreter's path.
+# The package declares Python >= 3.13 but runs on Debian 12's 3.11 (no 3.12+ syntax or stdlib), so
+# the version check is skipped; the tests would catch an import failure.
+ensure_wrenn_sdk() {
+  local venv="${WRENN_CACHE_DIR:-/var/tmp/wrenn-cache}/wrenn-venv"
+  local version="0.3.0"
+  if ! "$venv/bin/python" -c "import wrenn, importlib.metadata as m; assert m.version('wrenn') == '$version'" 2>/dev/null; then
+    log "installing the wrenn Python SDK $version (for the client-contract tests)"
+    python3 -m venv "$venv" >&2
+    "$venv/bin/pip" install -q --disable-pip-version-check --ignore-requires-python "wrenn==$version" >&2
+  fi
+  echo "$venv/bin/python"
+}
+
 # ensure_vm_deps: what the host agent needs to boot sandboxes (QEMU, disks, namespaces, NAT) and
 # what the guest image builder needs.
 ensure_vm_deps() {
   apt_install qemu-system-x86 qemu-utils nftables iproute2 debootstrap lz4 cpio e2fsprogs
+}
+
+# ensure_postgres DIR PORT: a private PostgreSQL 15 cluster in DIR listening on 127.0.0.1:PORT
+# (trust authentication on loopback only), started if it is not running. Prints its admin URL.
+# PostgreSQL refuses to run as root, so the cluster belongs to the `postgres` system user.
+ensure_postgres() {
+  local dir="$1" port="$2"
+  apt_install postgresql-15 postgresql-client-15
+  local bin=/usr/lib/postgresql/15/bin
+  mkdir -p "$dir"
+  chown postgres:postgres "$dir"
+  chmod 700 "$dir"
+  if [ ! -f "$dir/PG_VERSION" ]; then
+    log "initialising a PostgreSQL cluster in $dir"
+    runuser -u postgres -- "$bin/initdb" -D "$dir" -U postgres --auth=trust -E UTF8 >/dev/null
+  fi
+  if ! runuser -u postgres -- "$bin/pg_ctl" -D "$dir" status >/dev/null 2>&1; then
+    log "starting PostgreSQL on 127.0.0.1:$port"
+    runuser -u postgres -- "$bin/pg_ctl" -D "$dir" -l "$dir/server.log" -w -t 60 \
+      -o "-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$dir -c max_connections=300 -c fsync=off" \
+      start >/dev/null
+  fi
+  echo "postgres://postgres@127.0.0.1:$port/postgres"
 }

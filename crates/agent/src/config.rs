@@ -81,7 +81,39 @@ pub struct ServeArgs {
     /// Boot watchdog: seconds for a guest's envd to answer (emulated boots are slow).
     #[arg(long, env = "WRENN_BOOT_TIMEOUT_SECS")]
     pub boot_timeout_secs: Option<u64>,
-    /// Server certificate (PEM). With --tls-key, the listener speaks TLS.
+    /// The control plane's URL (`https://cp.example.com`). The agent registers with it (or
+    /// reuses `<data-dir>/host-credentials.json`), heartbeats to it, and serves over mutual TLS
+    /// with the certificate it issued: only the control plane can call the agent.
+    #[arg(
+        long,
+        env = "WRENN_CP_URL",
+        requires = "address",
+        conflicts_with_all = ["tls_cert", "tls_key", "tls_client_ca"]
+    )]
+    pub cp_url: Option<String>,
+    /// One-time registration token from `POST /v1/hosts`. Registers even when credentials exist.
+    #[arg(
+        long = "register",
+        env = "WRENN_REGISTER_TOKEN",
+        value_name = "TOKEN",
+        requires = "cp_url",
+        hide_env_values = true
+    )]
+    pub register_token: Option<String>,
+    /// Where the control plane reaches this agent, `ip:port` or `name:port` (required with
+    /// --cp-url; its host becomes the certificate's subject alternative name).
+    #[arg(
+        long,
+        env = "WRENN_HOST_ADDRESS",
+        value_name = "HOST:PORT",
+        requires = "cp_url"
+    )]
+    pub address: Option<String>,
+    /// Seconds between heartbeats to the control plane.
+    #[arg(long, env = "WRENN_HEARTBEAT_SECS", default_value_t = 30, hide = true)]
+    pub heartbeat_secs: u64,
+    /// Server certificate (PEM). With --tls-key, the listener speaks TLS. Without a control
+    /// plane only; SIGHUP reloads it.
     #[arg(long, env = "WRENN_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
     #[arg(long, env = "WRENN_TLS_KEY", requires = "tls_cert")]
@@ -164,6 +196,54 @@ pub fn parse_slot_range(s: &str) -> Result<(u32, u32), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    fn serve(args: &[&str]) -> Result<ServeArgs, clap::Error> {
+        let cli = Cli::try_parse_from(["wrenn-agent", "serve"].iter().chain(args))?;
+        match cli.command {
+            Command::Serve(args) => Ok(*args),
+            other => panic!("parsed {other:?}"),
+        }
+    }
+
+    #[test]
+    fn control_plane_flags_go_together() {
+        let args = serve(&[
+            "--cp-url",
+            "https://cp.example",
+            "--register",
+            "tok",
+            "--address",
+            "10.0.0.5:50051",
+        ])
+        .expect("valid");
+        assert_eq!(args.cp_url.as_deref(), Some("https://cp.example"));
+        assert_eq!(args.register_token.as_deref(), Some("tok"));
+        assert_eq!(args.address.as_deref(), Some("10.0.0.5:50051"));
+        assert_eq!(args.heartbeat_secs, 30);
+        assert!(
+            serve(&["--cp-url", "https://cp.example"]).is_err(),
+            "--address is required"
+        );
+        assert!(
+            serve(&["--register", "tok"]).is_err(),
+            "--register needs --cp-url"
+        );
+        assert!(
+            serve(&[
+                "--cp-url",
+                "https://cp.example",
+                "--address",
+                "h:1",
+                "--tls-cert",
+                "c",
+                "--tls-key",
+                "k"
+            ])
+            .is_err(),
+            "certificates come from the control plane"
+        );
+    }
 
     #[test]
     fn sizes_parse_like_upstream() {

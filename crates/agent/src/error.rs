@@ -50,6 +50,13 @@ pub enum AgentError {
     },
     #[error("TLS configuration: {0}")]
     Tls(String),
+    /// A call to the control plane failed. `status` is the HTTP status it answered with, `None`
+    /// when it could not be reached at all.
+    #[error("control plane: {message}")]
+    ControlPlane {
+        status: Option<u16>,
+        message: String,
+    },
     #[error("{0}")]
     Internal(String),
 }
@@ -107,6 +114,12 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
         source = s.source();
     }
     out
+}
+
+impl From<wrenn_http::Error> for AgentError {
+    fn from(e: wrenn_http::Error) -> Self {
+        AgentError::Tls(e.to_string())
+    }
 }
 
 impl From<AgentError> for RpcError {

@@ -8,9 +8,15 @@
 //! - [`sandbox`]: the sandbox manager: create, destroy, list, TTL, metrics, envd client.
 //! - [`rpc`]: the `hostagent.v1.HostAgentService` Connect service the control plane calls.
 //! - [`proxy`]: the `/proxy/{id}/{port}/...` reverse proxy to guest ports.
-//! - [`tls`]: the mTLS listener.
+//! - [`tls`]: the TLS listener from certificate files (standalone agents).
+//! - [`controlplane`]: registration with the control plane, heartbeats, credential refresh, and
+//!   the mTLS listener built from the credentials.
+//!
+//! The HTTP server, TLS machinery and proxy helpers are shared with the control plane in
+//! `wrenn-http`; logging in `wrenn-logging`.
 
 pub mod config;
+pub mod controlplane;
 pub mod disk;
 pub mod error;
 pub mod image;
@@ -20,7 +26,8 @@ pub mod network;
 pub mod proxy;
 pub mod rpc;
 pub mod sandbox;
-pub mod server;
+#[doc(hidden)]
+pub mod testing;
 pub mod tls;
 pub mod vmm;
 

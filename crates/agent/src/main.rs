@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 use wrenn_agent::config::{
     Cli, Command, CommonArgs, ImageCommand, ServeArgs, parse_size_mb, parse_slot_range,
 };
+use wrenn_agent::controlplane::{ControlPlaneLink, LinkEnd, LinkOptions};
 use wrenn_agent::layout::Layout;
 use wrenn_agent::network::{Network, linux::LinuxNetwork};
 use wrenn_agent::proxy::{PortProxy, ProxyOptions};
@@ -18,24 +19,36 @@ use wrenn_agent::vmm::{
     firecracker::Firecracker,
     qemu::{Accel, Qemu},
 };
-use wrenn_agent::{image, metadata, server, tls};
+use wrenn_agent::{image, metadata, tls};
+use wrenn_http::server;
+use wrenn_logging::{LogOptions, Logging};
+
+/// Log lines kept in memory for the `GetLogs` RPC.
+const LOG_RING_LINES: usize = 2000;
 
 fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    // Only the long-running server writes a log file; one-shot commands log to stderr.
+    let file = match &cli.command {
+        Command::Serve(args) => Some(wrenn_logging::log_file_path(
+            &args.common.data_dir,
+            "wrenn-agent",
+        )),
+        _ => None,
+    };
+    let logging = wrenn_logging::init(&LogOptions {
+        level_env: "LOG_LEVEL".into(),
+        file,
+        ring_lines: LOG_RING_LINES,
+    })
+    .context("setting up logging")?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     rt.block_on(async move {
         match cli.command {
-            Command::Serve(args) => serve(*args).await,
+            Command::Serve(args) => serve(*args, logging).await,
             Command::Cleanup(args) => cleanup(args).await,
             Command::Image(ImageCommand::Build(args)) => {
                 let built = image::build::build_image(&image::build::BuildOptions {
@@ -79,8 +92,29 @@ fn network_for() -> Arc<dyn Network> {
     Arc::new(LinuxNetwork::new(None))
 }
 
-async fn serve(args: ServeArgs) -> Result<()> {
+async fn serve(args: ServeArgs, logging: Logging) -> Result<()> {
     let layout = Layout::new(&args.common.data_dir, args.common.images_dir.clone());
+    std::fs::create_dir_all(layout.root())
+        .with_context(|| format!("creating the data directory {}", layout.root().display()))?;
+    // Registration first: a bad token or an unreachable control plane fails before any VM work.
+    let link = match &args.cp_url {
+        Some(url) => {
+            let address = args
+                .address
+                .as_deref()
+                .context("--address is required with --cp-url")?;
+            let link = ControlPlaneLink::connect(
+                url,
+                layout.root(),
+                args.register_token.as_deref(),
+                address,
+            )
+            .await
+            .context("joining the control plane")?;
+            Some(link)
+        }
+        None => None,
+    };
     let vmm = vmm_for(&args)?;
     let network = network_for();
     let (first, last) = parse_slot_range(&args.common.slots).map_err(anyhow::Error::msg)?;
@@ -129,31 +163,74 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let app = rpc::router(RpcState {
         manager: manager.clone(),
         terminate: terminate.clone(),
+        logs: logging.ring(),
     })
     .merge(proxy.router())
     .route("/health", axum::routing::get(|| async { "ok" }));
 
-    let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => {
-            let cfg = tls::server_config(&tls::TlsFiles {
-                cert: cert.clone(),
-                key: key.clone(),
-                client_ca: args.tls_client_ca.clone(),
-            })?;
-            Some(tokio_rustls::TlsAcceptor::from(cfg))
-        }
+    let tls_files = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(tls::TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: args.tls_client_ca.clone(),
+        }),
         _ => None,
+    };
+    let (acceptor, file_cert) = match (&link, &tls_files) {
+        (Some(link), _) => (Some(link.tls.acceptor()), None),
+        (None, Some(files)) => {
+            let (config, cert) = tls::server_config(files)?;
+            (Some(tokio_rustls::TlsAcceptor::from(config)), Some(cert))
+        }
+        (None, None) => (None, None),
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
-    tracing::info!(listen = %args.listen, tls = tls.is_some(), mtls = args.tls_client_ca.is_some(), "serving");
+    let mtls = link.is_some() || args.tls_client_ca.is_some();
+    tracing::info!(listen = %args.listen, tls = acceptor.is_some(), mtls, "serving");
+
+    // SIGHUP: reopen the log file (logrotate) and re-read certificate files.
+    tokio::spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            if let Err(e) = logging.reopen() {
+                tracing::error!(error = %e, "cannot reopen the log file");
+            }
+            if let (Some(cert), Some(files)) = (&file_cert, &tls_files)
+                && let Err(e) = tls::reload(cert, files)
+            {
+                tracing::error!(error = %e, "cannot reload the TLS certificate; keeping the current one");
+            }
+        }
+    });
+
+    let stop_link = CancellationToken::new();
+    if let Some(link) = &link {
+        let heartbeat = link.heartbeat(
+            manager.clone(),
+            LinkOptions {
+                interval: Duration::from_secs(args.heartbeat_secs.max(1)),
+                ..LinkOptions::default()
+            },
+        );
+        let stop = stop_link.clone();
+        let terminate = terminate.clone();
+        tokio::spawn(async move {
+            if heartbeat.run(stop).await == LinkEnd::HostDeleted {
+                terminate.cancel();
+            }
+        });
+    }
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
     let stop = {
         let terminate = terminate.clone();
         async move {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("SIGTERM handler");
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}
@@ -161,7 +238,15 @@ async fn serve(args: ServeArgs) -> Result<()> {
             }
         }
     };
-    server::serve(listener, app, tls, server::ServerLimits::default(), stop).await;
+    server::serve(
+        listener,
+        app,
+        acceptor,
+        server::ServerLimits::default(),
+        stop,
+    )
+    .await;
+    stop_link.cancel();
     manager.shutdown();
     if args.destroy_on_exit {
         manager.destroy_all().await;

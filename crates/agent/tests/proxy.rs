@@ -18,7 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use wrenn_agent::proxy::{PortProxy, ProxyOptions, ProxyRefusal, ProxyTargets};
-use wrenn_agent::server::{self, ServerLimits};
+use wrenn_http::server::{self, ServerLimits};
 
 const SANDBOX: &str = "sb-test";
 const DIAL_RETRY_FOR: Duration = Duration::from_millis(1500);

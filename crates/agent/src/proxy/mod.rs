@@ -16,11 +16,8 @@
 //! starve, the control path.
 
 mod dial;
-mod headers;
-mod stream;
 mod tracker;
 
-use crate::server::ConnectionInfo;
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
@@ -28,13 +25,13 @@ use axum::routing::any;
 use dial::{DialError, RetryingConnector};
 use http::{HeaderValue, StatusCode, header};
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
-use stream::{ResponseBody, TouchingBody, TouchingIo};
-use tokio_util::sync::CancellationToken;
 use tracker::{Admission, ProxyClient, Registry, Toucher};
+use wrenn_http::proxy::{self as relay, AbortableBody, ObservedBody};
+use wrenn_http::server::ConnectionInfo;
 
 /// The proxy's view of the sandbox manager.
 pub trait ProxyTargets: Send + Sync + 'static {
@@ -282,21 +279,21 @@ async fn forward(
             );
         }
     };
-    let upgrade = headers::requested_upgrade(req.headers());
+    let upgrade = relay::requested_upgrade(req.headers());
     let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let conn_info = req.extensions().get::<ConnectionInfo>().copied();
     let (parts, body) = req.into_parts();
-    let mut out = http::Request::new(axum::body::Body::new(TouchingBody {
-        inner: body,
-        toucher: toucher.clone(),
-    }));
+    let mut out = http::Request::new(axum::body::Body::new(ObservedBody::new(
+        body,
+        toucher.clone(),
+    )));
     *out.method_mut() = parts.method;
     *out.uri_mut() = uri;
     *out.headers_mut() = parts.headers;
-    headers::forward_request_headers(
+    relay::forward_request_headers(
         out.headers_mut(),
         upgrade.as_ref(),
-        target,
+        &target.to_string(),
         conn_info.as_ref(),
     );
 
@@ -331,62 +328,23 @@ async fn forward(
         tokio::spawn(async move {
             // Counted as in flight until the tunnel closes.
             let _in_flight = in_flight;
-            tunnel(
-                &tunnel_id,
-                client_upgrade,
-                upstream_upgrade,
-                cancel,
-                toucher,
-            )
-            .await;
+            relay::relay_upgraded(tunnel_id, client_upgrade, upstream_upgrade, cancel, toucher)
+                .await;
         });
         let (mut parts, _) = response.into_parts();
         let protocol = parts.headers.get(header::UPGRADE).cloned();
-        headers::strip_hop_by_hop(&mut parts.headers, protocol.as_ref());
+        relay::strip_hop_by_hop(&mut parts.headers, protocol.as_ref());
         return Response::from_parts(parts, axum::body::Body::empty());
     }
 
     let (mut parts, body) = response.into_parts();
-    headers::strip_hop_by_hop(&mut parts.headers, None);
-    headers::rewrite_locations(&mut parts.headers, id, target);
-    let body = ResponseBody::new(body, in_flight, cancel, toucher, id);
+    relay::strip_hop_by_hop(&mut parts.headers, None);
+    let prefix = format!("/proxy/{id}/{}", target.port());
+    relay::rewrite_locations(&mut parts.headers, |value| {
+        relay::location_under_prefix(value, target, &prefix)
+    });
+    let body = AbortableBody::new(body, in_flight, cancel, toucher, id);
     Response::from_parts(parts, axum::body::Body::new(body))
-}
-
-/// Copies bytes both ways between the client's and the guest's upgraded connections until one
-/// side closes or the sandbox's traffic is force-closed.
-async fn tunnel(
-    id: &str,
-    client: hyper::upgrade::OnUpgrade,
-    upstream: hyper::upgrade::OnUpgrade,
-    cancel: CancellationToken,
-    toucher: Arc<Toucher>,
-) {
-    let upgraded = tokio::select! {
-        r = async { tokio::try_join!(client, upstream) } => r,
-        () = cancel.cancelled() => return,
-    };
-    let (client, upstream) = match upgraded {
-        Ok(pair) => pair,
-        Err(e) => {
-            tracing::debug!(sandbox = %id, error = %e, "upgrade failed");
-            return;
-        }
-    };
-    let mut client = TouchingIo {
-        inner: TokioIo::new(client),
-        toucher,
-    };
-    let mut upstream = TokioIo::new(upstream);
-    tokio::select! {
-        r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => match r {
-            Ok((up, down)) => tracing::debug!(sandbox = %id, up, down, "tunnel closed"),
-            Err(e) => tracing::debug!(sandbox = %id, error = %e, "tunnel ended with an error"),
-        },
-        () = cancel.cancelled() => {
-            tracing::debug!(sandbox = %id, "tunnel closed: sandbox stopped");
-        }
-    }
 }
 
 /// The JSON error shape the control plane passes on: `{"error":{"code":…,"message":…}}`.

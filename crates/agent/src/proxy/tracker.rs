@@ -167,8 +167,10 @@ impl Toucher {
             last: Mutex::new(Instant::now()),
         })
     }
+}
 
-    pub(super) fn traffic(&self) {
+impl wrenn_http::proxy::Traffic for Toucher {
+    fn traffic(&self) {
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
         if last.elapsed() >= TOUCH_EVERY {
             *last = Instant::now();

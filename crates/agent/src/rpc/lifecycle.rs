@@ -1,5 +1,5 @@
-//! Lifecycle RPCs: create, destroy, list, ping, terminate, metrics. Pause, resume and snapshot
-//! templates answer `unimplemented` until snapshots land.
+//! Lifecycle RPCs: create, destroy, list, ping, terminate, metrics, the agent's logs. Pause,
+//! resume and snapshot templates answer `unimplemented` until snapshots land.
 
 use super::{RpcResult, RpcState, rpc_err};
 use crate::error::AgentError;
@@ -53,11 +53,20 @@ pub async fn create_sandbox(
     };
     let sb = st.manager.create(create).await.map_err(rpc_err)?;
     let r = sb.record();
+    let mut metadata: std::collections::HashMap<String, String> =
+        r.metadata.into_iter().collect();
+    // What the control plane shows as the capsule's system metadata.
+    metadata.insert("kernel_version".into(), r.kernel_release.clone());
+    metadata.insert("vmm_version".into(), st.manager.vmm().describe());
+    metadata.insert("agent_version".into(), env!("CARGO_PKG_VERSION").into());
+    if let Ok(v) = sb.envd.version().await {
+        metadata.insert("envd_version".into(), v);
+    }
     Ok(pb::CreateSandboxResponse {
         sandbox_id: r.sandbox_id,
         status: sb.status().as_str().into(),
         host_ip: r.host_ip,
-        metadata: r.metadata.into_iter().collect(),
+        metadata,
     })
 }
 
@@ -99,7 +108,8 @@ pub async fn list_sandboxes(
             .iter()
             .map(|sb| sandbox_info(sb))
             .collect(),
-        auto_paused_sandbox_ids: st.manager.drain_auto_paused(),
+        auto_paused_sandbox_ids: st.manager.auto_paused_ids(),
+        ttl_destroyed_sandbox_ids: st.manager.ttl_destroyed_ids(),
     })
 }
 
@@ -190,5 +200,22 @@ pub async fn flush_sandbox_metrics(
         points_10m: points(t.points_10m),
         points_2h: points(t.points_2h),
         points_24h: points(t.points_24h),
+    })
+}
+
+/// Lines `GetLogs` returns when the request names no count.
+const DEFAULT_LOG_LINES: u32 = 200;
+
+pub async fn get_logs(
+    st: RpcState,
+    _: CallInfo,
+    req: pb::GetLogsRequest,
+) -> RpcResult<pb::GetLogsResponse> {
+    let lines = match req.lines {
+        0 => DEFAULT_LOG_LINES,
+        n => n,
+    };
+    Ok(pb::GetLogsResponse {
+        lines: st.logs.tail(lines as usize),
     })
 }

@@ -16,6 +16,7 @@ use axum::extract::Request;
 use axum::routing::post;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
+use wrenn_logging::LogRing;
 use wrenn_protocol::connect::Error as RpcError;
 use wrenn_protocol::connect::server::{client_stream, server_stream, unary};
 use wrenn_protocol::envd::rpc_path;
@@ -27,6 +28,8 @@ pub struct RpcState {
     pub manager: Arc<SandboxManager>,
     /// Cancelled by the Terminate RPC: the agent shuts down.
     pub terminate: CancellationToken,
+    /// The agent's recent log lines, for `GetLogs`.
+    pub logs: LogRing,
 }
 
 /// Handlers return this; `?` on an [`AgentError`] converts it.
@@ -110,6 +113,7 @@ pub fn router(state: RpcState) -> Router {
         "FlushSandboxMetrics",
         lifecycle::flush_sandbox_metrics
     );
+    r = rpc!(r, state, unary, "GetLogs", lifecycle::get_logs);
     // Commands and processes.
     r = rpc!(r, state, unary, "Exec", exec::exec);
     r = rpc!(r, state, server_stream, "ExecStream", exec::exec_stream);

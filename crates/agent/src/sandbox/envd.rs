@@ -169,6 +169,20 @@ impl EnvdClient {
         }
     }
 
+    /// envd's version, from `/health` (`{"version": …}`).
+    pub async fn version(&self) -> AgentResult<String> {
+        let (status, body) = self
+            .call(Method::GET, "/health", Bytes::new(), HEALTH_PROBE_TIMEOUT)
+            .await?;
+        if !status.is_success() {
+            return Err(self.err(format!("/health answered {status}")));
+        }
+        serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["version"].as_str().map(str::to_string))
+            .ok_or_else(|| self.err("/health did not say envd's version"))
+    }
+
     /// Polls `/health` until envd answers, `timeout` passes, or `alive` says the VM is gone.
     pub async fn wait_ready(
         &self,

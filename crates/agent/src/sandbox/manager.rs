@@ -23,8 +23,10 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// How often the idle reaper looks for expired sandboxes.
-const REAPER_INTERVAL: Duration = Duration::from_secs(2);
+mod reaper;
+
+pub use reaper::REPORT_WINDOW;
+use reaper::RecentIds;
 const MAX_VCPUS: u32 = 64;
 const MAX_MEMORY_MB: u32 = 256 * 1024;
 const MIN_MEMORY_MB: u32 = 128;
@@ -137,7 +139,12 @@ pub struct SandboxManager {
     metadata_by_source: RwLock<HashMap<IpAddr, GuestMetadata>>,
     /// Ids being created, so two creates of one id cannot race.
     creating: Mutex<std::collections::HashSet<String>>,
-    auto_paused: Mutex<Vec<String>>,
+    /// Sandboxes the idle reaper paused, reported by `ListSandboxes` for [`REPORT_WINDOW`].
+    auto_paused: RecentIds,
+    /// Sandboxes the idle reaper destroyed (pause failed), reported likewise.
+    ttl_destroyed: RecentIds,
+    /// Sandboxes the reaper is working on, so a slow pause is not started twice.
+    reaping: Mutex<std::collections::HashSet<String>>,
     on_destroy: RwLock<Vec<DestroyHook>>,
     shutdown: CancellationToken,
 }
@@ -178,7 +185,9 @@ impl SandboxManager {
             boxes: RwLock::new(HashMap::new()),
             metadata_by_source: RwLock::new(HashMap::new()),
             creating: Mutex::new(Default::default()),
-            auto_paused: Mutex::new(Vec::new()),
+            auto_paused: RecentIds::default(),
+            ttl_destroyed: RecentIds::default(),
+            reaping: Mutex::new(Default::default()),
             on_destroy: RwLock::new(Vec::new()),
             shutdown: CancellationToken::new(),
         })
@@ -220,9 +229,15 @@ impl SandboxManager {
         v
     }
 
-    /// Ids the idle reaper paused since the last call.
-    pub fn drain_auto_paused(&self) -> Vec<String> {
-        std::mem::take(&mut *lock(&self.auto_paused))
+    /// Sandboxes the idle reaper paused within the last [`REPORT_WINDOW`].
+    pub fn auto_paused_ids(&self) -> Vec<String> {
+        self.auto_paused.current()
+    }
+
+    /// Sandboxes the idle reaper destroyed (they could not be paused) within the last
+    /// [`REPORT_WINDOW`].
+    pub fn ttl_destroyed_ids(&self) -> Vec<String> {
+        self.ttl_destroyed.current()
     }
 
     pub fn ping(&self, id: &str) -> AgentResult<()> {
@@ -568,6 +583,9 @@ impl SandboxManager {
             tasks: self.shutdown.child_token(),
         });
         write(&self.boxes).insert(sandbox.id.clone(), sandbox.clone());
+        // Running again: earlier reaper reports about this id are stale now.
+        self.auto_paused.forget(&sandbox.id);
+        self.ttl_destroyed.forget(&sandbox.id);
         self.spawn_sampler(&sandbox);
         sandbox
     }
@@ -634,50 +652,15 @@ impl SandboxManager {
         Err(AgentError::Unimplemented("pause (snapshots)"))
     }
 
-    /// Starts the idle reaper: sandboxes idle past their timeout are paused, or destroyed when
-    /// they cannot be paused.
-    pub fn spawn_reaper(self: &Arc<Self>) {
-        let me = Arc::downgrade(self);
-        let token = self.shutdown.clone();
-        tokio::spawn(async move {
-            let mut interval = tokio::time::interval(REAPER_INTERVAL);
-            loop {
-                tokio::select! {
-                    _ = token.cancelled() => return,
-                    _ = interval.tick() => {}
-                }
-                let Some(mgr) = me.upgrade() else { return };
-                let now = now_unix();
-                let expired: Vec<String> = mgr
-                    .list()
-                    .into_iter()
-                    .filter(|sb| {
-                        let t = i64::from(sb.record().timeout_sec);
-                        t > 0
-                            && sb.status() == SandboxStatus::Running
-                            && now - sb.last_active_unix() >= t
-                    })
-                    .map(|sb| sb.id.clone())
-                    .collect();
-                for id in expired {
-                    let mgr = mgr.clone();
-                    tokio::spawn(async move {
-                        match mgr.pause(&id).await {
-                            Ok(()) => {
-                                tracing::info!(sandbox = %id, "idle timeout: paused");
-                                lock(&mgr.auto_paused).push(id);
-                            }
-                            Err(e) => {
-                                tracing::info!(sandbox = %id, reason = %e, "idle timeout: destroying");
-                                if let Err(e) = mgr.destroy(&id).await {
-                                    tracing::error!(sandbox = %id, error = %e, "idle destroy failed");
-                                }
-                            }
-                        }
-                    });
-                }
-            }
-        });
+    /// Pauses every running sandbox, because the control plane cannot account for them (it has
+    /// been unreachable for several heartbeats, or refused the host's credentials). Pausing
+    /// arrives with snapshots; until then this only says so, and nothing is destroyed.
+    pub async fn pause_all(&self) {
+        let running = self.list().len();
+        tracing::warn!(
+            running,
+            "pause_all: pausing sandboxes is not implemented yet; they keep running"
+        );
     }
 
     /// Destroys every sandbox (the Terminate RPC: the host is being removed).

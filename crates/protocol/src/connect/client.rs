@@ -1,7 +1,10 @@
-//! A Connect client over HTTP/1.1 or h2c, used by the host agent and by envd's tests.
+//! A Connect client over HTTP/1.1 or h2c (the host agent calling envd, envd's tests) or, with the
+//! `tls` feature, over HTTPS/1.1 with a caller-given rustls configuration (the control plane
+//! calling host agents over mTLS).
 //!
-//! Unary calls have an overall timeout; streams have only a connect timeout and a timeout to the
-//! response headers, since an exec stream may rightly run for hours. Transport failures surface
+//! Unary calls have an overall timeout (per client, or per call with
+//! [`ConnectClient::unary_with_timeout`]); streams have only a connect timeout and a timeout to
+//! the response headers, since an exec stream may rightly run for hours. Transport failures surface
 //! as `unavailable`, timeouts as `deadline_exceeded`, as connect-go's client does. Calls fail
 //! with the same [`Error`] a server returns, so callers match on one set of codes.
 
@@ -26,12 +29,34 @@ use tokio::sync::mpsc;
 #[derive(Clone, Debug)]
 pub struct ConnectClient {
     base: String,
-    http: Client<HttpConnector, BoxBody>,
+    http: Transport,
     codec: Codec,
     headers: HeaderMap,
     unary_timeout: Duration,
     header_timeout: Duration,
 }
+
+/// The HTTP client underneath: plain TCP, or TLS with the `tls` feature.
+#[derive(Clone, Debug)]
+enum Transport {
+    Plain(Client<HttpConnector, BoxBody>),
+    #[cfg(feature = "tls")]
+    Tls(Client<hyper_rustls::HttpsConnector<HttpConnector>, BoxBody>),
+}
+
+impl Transport {
+    fn request(&self, req: Request<BoxBody>) -> hyper_util::client::legacy::ResponseFuture {
+        match self {
+            Transport::Plain(c) => c.request(req),
+            #[cfg(feature = "tls")]
+            Transport::Tls(c) => c.request(req),
+        }
+    }
+}
+
+/// Defaults of every client; the builder methods change them.
+const DEFAULT_UNARY_TIMEOUT: Duration = Duration::from_secs(60);
+const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Builder-style options are plain methods on the client.
 impl ConnectClient {
@@ -53,14 +78,42 @@ impl ConnectClient {
             .http2_only(h2)
             .pool_idle_timeout(Duration::from_secs(60))
             .build(connector);
+        Self::with_transport(base, Transport::Plain(http))
+    }
+
+    fn with_transport(base: impl Into<String>, http: Transport) -> Self {
         Self {
             base: base.into().trim_end_matches('/').to_string(),
             http,
             codec: Codec::Proto,
             headers: HeaderMap::new(),
-            unary_timeout: Duration::from_secs(60),
-            header_timeout: Duration::from_secs(30),
+            unary_timeout: DEFAULT_UNARY_TIMEOUT,
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
         }
+    }
+
+    /// A client speaking HTTPS/1.1 to `base` (`https://host:port`) with `config`: the trusted
+    /// CA, and for mTLS the client certificate (see `wrenn_http::tls::client_config`). Only
+    /// `https` URLs are dialled; ALPN offers `http/1.1` only, whatever `config` says. Connections
+    /// are pooled (20 idle per host, closed after 90 s idle; the agent's server keeps them
+    /// 620 s), connects time out after 10 s.
+    #[cfg(feature = "tls")]
+    pub fn with_tls(base: impl Into<String>, config: std::sync::Arc<rustls::ClientConfig>) -> Self {
+        let mut config = (*config).clone();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let mut tcp = HttpConnector::new();
+        tcp.set_connect_timeout(Some(Duration::from_secs(10)));
+        tcp.set_keepalive(Some(Duration::from_secs(30)));
+        tcp.set_nodelay(true);
+        tcp.enforce_http(false);
+        let mut https = hyper_rustls::HttpsConnector::from((tcp, config));
+        https.enforce_https();
+        let http = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(20)
+            .pool_timer(hyper_util::rt::TokioTimer::new())
+            .build(https);
+        Self::with_transport(base, Transport::Tls(http))
     }
 
     pub fn with_codec(mut self, codec: Codec) -> Self {
@@ -74,8 +127,16 @@ impl ConnectClient {
         self
     }
 
+    /// The overall limit of unary calls made with [`unary`](Self::unary) (default 60 s).
     pub fn with_unary_timeout(mut self, timeout: Duration) -> Self {
         self.unary_timeout = timeout;
+        self
+    }
+
+    /// How long a stream waits for the response headers (default 30 s). Unary calls are bounded
+    /// by their overall timeout instead: a unary answer's headers come with its body.
+    pub fn with_header_timeout(mut self, timeout: Duration) -> Self {
+        self.header_timeout = timeout;
         self
     }
 
@@ -100,10 +161,10 @@ impl ConnectClient {
         Ok(req)
     }
 
+    /// Sends a stream's request and waits (bounded) for the response headers.
     async fn send(&self, req: Request<BoxBody>) -> Result<http::Response<Incoming>, Error> {
-        match tokio::time::timeout(self.header_timeout, self.http.request(req)).await {
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) => Err(Error::unavailable(format!("{}: {e}", self.base))),
+        match tokio::time::timeout(self.header_timeout, self.send_unbounded(req)).await {
+            Ok(r) => r,
             Err(_) => Err(Error::new(
                 Code::DeadlineExceeded,
                 format!(
@@ -114,18 +175,44 @@ impl ConnectClient {
         }
     }
 
-    /// Calls a unary RPC at `path` (`/package.Service/Method`).
+    async fn send_unbounded(
+        &self,
+        req: Request<BoxBody>,
+    ) -> Result<http::Response<Incoming>, Error> {
+        self.http
+            .request(req)
+            .await
+            .map_err(|e| Error::unavailable(format!("{}: {}", self.base, error_chain(&e))))
+    }
+
+    /// Calls a unary RPC at `path` (`/package.Service/Method`), bounded by the client's unary
+    /// timeout.
     pub async fn unary<Req: Message, Resp: Message>(
         &self,
         path: &str,
         msg: &Req,
     ) -> Result<Resp, Error> {
+        self.unary_with_timeout(path, msg, self.unary_timeout).await
+    }
+
+    /// Calls a unary RPC allowed to take up to `timeout` in all (a foreground exec that runs
+    /// for minutes gets its own limit plus a margin). The deadline is also sent to the server
+    /// in `connect-timeout-ms`.
+    pub async fn unary_with_timeout<Req: Message, Resp: Message>(
+        &self,
+        path: &str,
+        msg: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, Error> {
         let body = Full::new(self.codec.encode(msg))
             .map_err(|n| match n {})
             .boxed_unsync();
-        let req = self.request(path, false, body)?;
+        let mut req = self.request(path, false, body)?;
+        if let Ok(ms) = HeaderValue::from_str(&timeout.as_millis().to_string()) {
+            req.headers_mut().insert(super::TIMEOUT_HEADER, ms);
+        }
         let call = async {
-            let resp = self.send(req).await?;
+            let resp = self.send_unbounded(req).await?;
             let status = resp.status();
             let bytes = read_body(resp.into_body()).await?;
             if !status.is_success() {
@@ -138,12 +225,12 @@ impl ConnectClient {
             }
             self.codec.decode(&bytes)
         };
-        tokio::time::timeout(self.unary_timeout, call)
+        tokio::time::timeout(timeout, call)
             .await
             .unwrap_or_else(|_| {
                 Err(Error::new(
                     Code::DeadlineExceeded,
-                    format!("{path}: timed out"),
+                    format!("{path}: no answer within {timeout:?}"),
                 ))
             })
     }
@@ -202,6 +289,19 @@ impl ConnectClient {
             handle,
         ))
     }
+}
+
+/// `outer: inner: innermost`: hyper's client errors hide the cause (refused, TLS alert) in
+/// their sources.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }
 
 fn tokio_stream_from(mut rx: mpsc::Receiver<Bytes>) -> impl futures::Stream<Item = Bytes> + Send {
@@ -318,5 +418,74 @@ impl<M: Message> ResponseStream<M> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hostagent::{GetLogsRequest, GetLogsResponse};
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+
+    /// A server that answers every call after `delay` with the deadline it was sent.
+    async fn slow_server(delay: Duration) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let svc = service_fn(move |req: Request<Incoming>| async move {
+                    let deadline = req
+                        .headers()
+                        .get(super::super::TIMEOUT_HEADER)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("none")
+                        .to_owned();
+                    tokio::time::sleep(delay).await;
+                    let msg = GetLogsResponse {
+                        lines: vec![deadline],
+                    };
+                    Ok::<_, Infallible>(http::Response::new(Full::new(Codec::Proto.encode(&msg))))
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tcp), svc),
+                );
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    #[tokio::test]
+    async fn per_call_unary_timeouts() {
+        let base = slow_server(Duration::from_millis(300)).await;
+        // The client-wide timeout is short; a call with its own longer limit still succeeds,
+        // and the server learns the deadline.
+        let client = ConnectClient::new(&base).with_unary_timeout(Duration::from_millis(50));
+        let ok: GetLogsResponse = client
+            .unary_with_timeout("/x/Y", &GetLogsRequest { lines: 1 }, Duration::from_secs(5))
+            .await
+            .expect("long enough");
+        assert_eq!(ok.lines, ["5000"]);
+        let err = client
+            .unary::<_, GetLogsResponse>("/x/Y", &GetLogsRequest { lines: 1 })
+            .await
+            .expect_err("client-wide limit");
+        assert_eq!(err.code, Code::DeadlineExceeded, "{err:?}");
+
+        // Unary calls are not cut by the (stream) header timeout.
+        let client = ConnectClient::new(&base).with_header_timeout(Duration::from_millis(50));
+        client
+            .unary::<_, GetLogsResponse>("/x/Y", &GetLogsRequest { lines: 1 })
+            .await
+            .expect("header timeout does not apply");
+        // Streams are.
+        let err = client
+            .server_stream::<_, GetLogsResponse>("/x/Y", &GetLogsRequest { lines: 1 })
+            .await
+            .expect_err("no headers in time");
+        assert_eq!(err.code, Code::DeadlineExceeded, "{err:?}");
     }
 }

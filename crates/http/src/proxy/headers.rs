@@ -1,13 +1,13 @@
-//! Header handling for the port proxy: hop-by-hop removal, `X-Forwarded-*`, and `Location`
-//! rewriting so redirects issued by a guest app stay under its `/proxy/{id}/{port}` prefix.
+//! Header handling for reverse proxies: hop-by-hop removal, `X-Forwarded-*`, and `Location`
+//! rewriting (into a path prefix on the agent, out of it again on the control plane).
 
 use crate::server::ConnectionInfo;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use std::net::SocketAddr;
 
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// Headers that describe one connection and must not be forwarded (RFC 9110 §7.6.1), plus the
 /// de-facto `Keep-Alive` and `Proxy-Connection`.
@@ -24,8 +24,8 @@ const HOP_BY_HOP: [&str; 9] = [
 ];
 
 /// The protocol a request asks to switch to, when it is an upgrade request
-/// (`Connection: upgrade` plus `Upgrade: <protocol>`).
-pub(super) fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
+/// (`Connection: upgrade` plus `Upgrade: <protocol>`, e.g. a WebSocket handshake).
+pub fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
     if connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade")) {
         headers.get(header::UPGRADE).cloned()
     } else {
@@ -44,9 +44,11 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 }
 
 /// Removes hop-by-hop headers, including any the `Connection` header names. When `upgrade` is
-/// given, the upgrade handshake headers are put back: they are hop-by-hop too, but a proxy
-/// that passes an upgrade through must repeat them on the next hop.
-pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<&HeaderValue>) {
+/// given (from [`requested_upgrade`], or the `Upgrade` of a 101 response), the upgrade
+/// handshake headers are put back: they are hop-by-hop too, but a proxy that passes an upgrade
+/// through must repeat them on the next hop. Use on requests before sending them on and on
+/// responses before returning them.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<&HeaderValue>) {
     let named: Vec<HeaderName> = connection_tokens(headers)
         .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect();
@@ -62,21 +64,23 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<&HeaderV
     }
 }
 
-/// Prepares the headers of a request for the guest.
+/// Prepares the headers of a request for the next hop.
 ///
-/// `Host` becomes the target (`ip:port`), as the guest app would see it when called directly.
-/// The client's view is passed in `X-Forwarded-*`. The only client of the agent is the control
-/// plane (mTLS), which is trusted: `X-Forwarded-Host`/`-Proto` it already set (the user-facing
-/// host and scheme) are kept, and its address is appended to `X-Forwarded-For`.
-pub(super) fn forward_request_headers(
+/// Strips hop-by-hop headers (keeping an `upgrade` handshake), sets `Host` to `host` (the next
+/// hop's authority, e.g. the guest's `ip:port`), and passes the client's view on in
+/// `X-Forwarded-*`: `X-Forwarded-Host` and `-Proto` already present are kept (a trusted proxy in
+/// front set them: the user-facing host and scheme), otherwise they become the incoming `Host`
+/// and the connection's scheme; the peer address from `conn` is appended to `X-Forwarded-For`.
+/// A proxy facing untrusted clients should remove incoming `X-Forwarded-*` first.
+pub fn forward_request_headers(
     headers: &mut HeaderMap,
     upgrade: Option<&HeaderValue>,
-    target: SocketAddr,
+    host: &str,
     conn: Option<&ConnectionInfo>,
 ) {
     let original_host = headers.get(header::HOST).cloned();
     strip_hop_by_hop(headers, upgrade);
-    if let Ok(host) = HeaderValue::from_str(&target.to_string()) {
+    if let Ok(host) = HeaderValue::from_str(host) {
         headers.insert(header::HOST, host);
     }
     if !headers.contains_key(&X_FORWARDED_HOST)
@@ -103,14 +107,14 @@ pub(super) fn forward_request_headers(
     }
 }
 
-/// Rewrites `Location` and `Content-Location` of a guest response so they point back through
-/// the proxy. The control plane strips the prefix again for subdomain-proxied requests.
-pub(super) fn rewrite_locations(headers: &mut HeaderMap, id: &str, target: SocketAddr) {
+/// Applies `rewrite` to the `Location` and `Content-Location` of a response; `None` leaves the
+/// header as it is. See [`location_under_prefix`] and [`location_without_prefix`].
+pub fn rewrite_locations(headers: &mut HeaderMap, rewrite: impl Fn(&str) -> Option<String>) {
     for name in [header::LOCATION, header::CONTENT_LOCATION] {
         let Some(value) = headers.get(&name).and_then(|v| v.to_str().ok()) else {
             continue;
         };
-        if let Some(rewritten) = rewrite_location(value, id, target)
+        if let Some(rewritten) = rewrite(value)
             && let Ok(v) = HeaderValue::from_str(&rewritten)
         {
             headers.insert(name, v);
@@ -118,10 +122,12 @@ pub(super) fn rewrite_locations(headers: &mut HeaderMap, id: &str, target: Socke
     }
 }
 
-/// `http://<ip>:<port>/p` and root-relative `/p` become `/proxy/<id>/<port>/p`; anything else
-/// (other hosts, relative paths, which already resolve under the prefix) is left alone.
-pub(super) fn rewrite_location(value: &str, id: &str, target: SocketAddr) -> Option<String> {
-    let prefix = format!("/proxy/{id}/{}", target.port());
+/// The agent's rewrite: a redirect to the guest itself (`http://<target>/p`) or root-relative
+/// (`/p`) becomes `<prefix>/p` (the agent's prefix is `/proxy/<id>/<port>`), so it keeps going
+/// through the proxy. Anything else (other hosts, relative paths, which already resolve under
+/// the prefix) is left alone.
+pub fn location_under_prefix(value: &str, target: SocketAddr, prefix: &str) -> Option<String> {
+    let prefix = prefix.trim_end_matches('/');
     let authority = target.to_string();
     // Apps commonly drop the default port when they echo the Host back.
     let bare_host = (target.port() == 80).then(|| match target {
@@ -151,6 +157,21 @@ pub(super) fn rewrite_location(value: &str, id: &str, target: SocketAddr) -> Opt
     None
 }
 
+/// The control plane's rewrite for subdomain-proxied traffic: the agent answers with locations
+/// under its `/proxy/<id>/<port>` prefix, which mean nothing on `{port}-{id}.{domain}`.
+/// `<prefix>/p` becomes `/p` and `<prefix>` alone becomes `/`; anything else is left alone.
+pub fn location_without_prefix(value: &str, prefix: &str) -> Option<String> {
+    let prefix = prefix.trim_end_matches('/');
+    let rest = value.strip_prefix(prefix)?;
+    match rest {
+        "" => Some("/".to_owned()),
+        r if r.starts_with('/') => Some(r.to_owned()),
+        r if r.starts_with(['?', '#']) => Some(format!("/{r}")),
+        // `/proxy/sb1/80801`: another port, not ours.
+        _ => None,
+    }
+}
+
 fn strip_prefix_ignore_case<'a>(value: &'a str, prefix: &str) -> Option<&'a str> {
     let head = value.get(..prefix.len())?;
     head.eq_ignore_ascii_case(prefix)
@@ -166,9 +187,9 @@ mod tests {
     }
 
     #[test]
-    fn locations() {
+    fn locations_into_the_prefix() {
         let t = target();
-        let r = |v: &str| rewrite_location(v, "sb1", t);
+        let r = |v: &str| location_under_prefix(v, t, "/proxy/sb1/8080");
         assert_eq!(
             r("http://10.11.0.2:8080/p?q=1").as_deref(),
             Some("/proxy/sb1/8080/p?q=1")
@@ -189,9 +210,31 @@ mod tests {
         assert_eq!(r("relative/x"), None);
         let t80: SocketAddr = "10.11.0.2:80".parse().expect("addr");
         assert_eq!(
-            rewrite_location("http://10.11.0.2/a", "sb1", t80).as_deref(),
+            location_under_prefix("http://10.11.0.2/a", t80, "/proxy/sb1/80").as_deref(),
             Some("/proxy/sb1/80/a")
         );
+    }
+
+    #[test]
+    fn locations_out_of_the_prefix() {
+        let r = |v: &str| location_without_prefix(v, "/proxy/sb1/8080");
+        assert_eq!(r("/proxy/sb1/8080/login?x").as_deref(), Some("/login?x"));
+        assert_eq!(r("/proxy/sb1/8080").as_deref(), Some("/"));
+        assert_eq!(r("/proxy/sb1/8080?x").as_deref(), Some("/?x"));
+        assert_eq!(r("/proxy/sb1/80801/x"), None);
+        assert_eq!(r("https://example.com/x"), None);
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::LOCATION,
+            HeaderValue::from_static("/proxy/sb1/8080/a"),
+        );
+        h.insert(
+            header::CONTENT_LOCATION,
+            HeaderValue::from_static("https://elsewhere/"),
+        );
+        rewrite_locations(&mut h, |v| location_without_prefix(v, "/proxy/sb1/8080"));
+        assert_eq!(h[header::LOCATION], "/a");
+        assert_eq!(h[header::CONTENT_LOCATION], "https://elsewhere/");
     }
 
     #[test]
@@ -245,7 +288,7 @@ mod tests {
             peer: "192.0.2.1:5555".parse().expect("addr"),
             tls: true,
         };
-        forward_request_headers(&mut h, None, target(), Some(&conn));
+        forward_request_headers(&mut h, None, "10.11.0.2:8080", Some(&conn));
         assert_eq!(h[header::HOST], "10.11.0.2:8080");
         assert_eq!(h["x-forwarded-host"], "agent.example:50051");
         assert_eq!(h["x-forwarded-proto"], "https");

@@ -1,17 +1,18 @@
-//! The agent's HTTP server: one accept loop for the control plane's RPCs and the port proxy.
+//! The HTTP/1.1 server of the host agent and the control plane: an accept loop with header-read
+//! and idle timeouts, an optional TLS acceptor, and graceful shutdown.
 //!
-//! HTTP/1.1 only, on purpose: with HTTP/2 every request from the control plane would share one
-//! connection, and one slow stream (a large file transfer, a proxied download the client reads
-//! slowly) would stall the others behind flow control. Upstream disables HTTP/2 for the same
-//! reason; TLS advertises only `http/1.1` (see [`crate::tls`]).
+//! HTTP/1.1 only, on purpose: with HTTP/2 every request from the control plane to an agent would
+//! share one connection, and one slow stream (a large file transfer, a proxied download the
+//! client reads slowly) would stall the others behind flow control. Upstream disables HTTP/2 for
+//! the same reason; TLS advertises only `http/1.1` (see [`crate::tls`]).
 //!
 //! Timeouts follow upstream's Go server (`ReadHeaderTimeout` 10 s, `IdleTimeout` 620 s) and are
 //! enforced here rather than by hyper's `header_read_timeout`, because hyper starts that timer as
 //! soon as it waits for a request head, which includes the idle time between keep-alive
-//! requests: it would close the control plane's pooled connections after 10 s, racing requests
-//! the client already sent on them. Here the header timer starts at connect and at the first byte
-//! of each later request; the idle timer covers the quiet time between requests. A request in
-//! progress (however long: streams, long polls) is never timed out.
+//! requests: it would close a client's pooled connections after 10 s, racing requests the client
+//! already sent on them. Here the header timer starts at connect and at the first byte of each
+//! later request; the idle timer covers the quiet time between requests. A request in progress
+//! (however long: streams, long polls, WebSockets) is never timed out.
 
 use axum::Router;
 use axum::extract::ConnectInfo;
