@@ -74,11 +74,12 @@ ensure_vm_deps() {
   apt_install qemu-system-x86 qemu-utils nftables iproute2 debootstrap lz4 cpio e2fsprogs
 }
 
-# ensure_postgres DIR PORT: a private PostgreSQL 15 cluster in DIR listening on 127.0.0.1:PORT
-# (trust authentication on loopback only), started if it is not running. Prints its admin URL.
+# ensure_postgres DIR PORT [OPTIONS]: a private PostgreSQL 15 cluster in DIR listening on
+# 127.0.0.1:PORT (trust authentication on loopback only), started if it is not running, with
+# extra server OPTIONS (the tests pass "-c fsync=off"). Prints its admin URL.
 # PostgreSQL refuses to run as root, so the cluster belongs to the `postgres` system user.
 ensure_postgres() {
-  local dir="$1" port="$2"
+  local dir="$1" port="$2" extra="${3:-}"
   apt_install postgresql-15 postgresql-client-15
   local bin=/usr/lib/postgresql/15/bin
   mkdir -p "$dir"
@@ -91,7 +92,7 @@ ensure_postgres() {
   if ! runuser -u postgres -- "$bin/pg_ctl" -D "$dir" status >/dev/null 2>&1; then
     log "starting PostgreSQL on 127.0.0.1:$port"
     runuser -u postgres -- "$bin/pg_ctl" -D "$dir" -l "$dir/server.log" -w -t 60 \
-      -o "-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$dir -c max_connections=300 -c fsync=off" \
+      -o "-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$dir -c max_connections=300 $extra" \
       start >/dev/null
   fi
   echo "postgres://postgres@127.0.0.1:$port/postgres"

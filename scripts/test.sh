@@ -29,9 +29,19 @@ export WRENN_TEST_IMAGES_DIR="${WRENN_IMAGES_DIR:-/var/tmp/wrenn-cache/images}"
 # VM tests fail (instead of skipping) when something they need is missing.
 export WRENN_REQUIRE_VM_TESTS=1
 
+log "PostgreSQL for the control plane's tests (a private cluster; one database per test)"
+DATABASE_URL="$(ensure_postgres "${WRENN_TEST_PG_DIR:-/var/tmp/wrenn-test-pg}" "${WRENN_TEST_PG_PORT:-55432}" "-c fsync=off")"
+export DATABASE_URL
+# A real SMTP server for the email tests.
+apt_install python3-aiosmtpd
+
 log "tests"
 WRENN_E2B_PYTHON="$(ensure_e2b_sdk)"
 export WRENN_E2B_PYTHON
+WRENN_SDK_PYTHON="$(ensure_wrenn_sdk)"
+export WRENN_SDK_PYTHON
+# End-to-end tests run the programs themselves (agent, control plane, CLI).
+cargo build --workspace --bins --locked
 # Large-file tests write to this directory (1 GiB at a time).
 export WRENN_TEST_BIG_DIR="${WRENN_TEST_BIG_DIR:-/var/tmp}"
 cargo test --workspace --locked -- --test-threads="${WRENN_TEST_THREADS:-4}"

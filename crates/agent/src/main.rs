@@ -209,6 +209,7 @@ async fn serve(args: ServeArgs, logging: Logging) -> Result<()> {
     });
 
     let stop_link = CancellationToken::new();
+    let mut link_task = None;
     if let Some(link) = &link {
         let heartbeat = link.heartbeat(
             manager.clone(),
@@ -219,11 +220,11 @@ async fn serve(args: ServeArgs, logging: Logging) -> Result<()> {
         );
         let stop = stop_link.clone();
         let terminate = terminate.clone();
-        tokio::spawn(async move {
+        link_task = Some(tokio::spawn(async move {
             if heartbeat.run(stop).await == LinkEnd::HostDeleted {
                 terminate.cancel();
             }
-        });
+        }));
     }
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -247,6 +248,15 @@ async fn serve(args: ServeArgs, logging: Logging) -> Result<()> {
     )
     .await;
     stop_link.cancel();
+    if let Some(task) = link_task {
+        // A heartbeat in progress finishes (a refresh must get to save its rotated token).
+        if tokio::time::timeout(Duration::from_secs(45), task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the last heartbeat did not finish in time");
+        }
+    }
     manager.shutdown();
     if args.destroy_on_exit {
         manager.destroy_all().await;

@@ -505,3 +505,148 @@ async fn refused_refresh_ends_the_link_and_outages_only_pause() {
     assert_eq!(hooks.deletions.load(Ordering::SeqCst), 0);
     assert!(dir.path().join(CREDENTIALS_FILE).exists());
 }
+
+/// Stops the agent process if a test fails while it runs.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Why the agent binary cannot serve here (it prepares host networking at start).
+fn serve_prerequisites_missing() -> Option<String> {
+    let mut missing = Vec::new();
+    if !nix::unistd::Uid::effective().is_root() {
+        missing.push("root".to_owned());
+    }
+    for tool in ["qemu-system-x86_64", "ip", "nft"] {
+        let found = std::env::var_os("PATH")
+            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()));
+        if !found {
+            missing.push(format!("{tool} on PATH"));
+        }
+    }
+    if missing.is_empty() {
+        return None;
+    }
+    let reason = missing.join(", ");
+    assert!(
+        std::env::var("WRENN_REQUIRE_VM_TESTS").as_deref() != Ok("1"),
+        "prerequisites missing: {reason}"
+    );
+    Some(reason)
+}
+
+/// The real binary: `serve --cp-url … --register … --address …` registers, heartbeats, serves
+/// the control plane (and only it) over mTLS, and exits when the host is deleted. Boots no VM.
+#[tokio::test]
+async fn agent_binary_joins_the_control_plane_and_leaves_when_deleted() {
+    if let Some(reason) = serve_prerequisites_missing() {
+        eprintln!("skipping: this test needs {reason}");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cp = FakeCp::new(Duration::from_secs(7 * 86400));
+    let url = start_cp(cp.clone()).await;
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        probe.local_addr().expect("addr").port()
+    };
+    let address = format!("127.0.0.1:{port}");
+    let log = std::fs::File::create(dir.path().join("stderr.log")).expect("log");
+    let mut agent = Child(
+        std::process::Command::new(env!("CARGO_BIN_EXE_wrenn-agent"))
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(["--slots", "32750-32751", "--metadata-port", "0"])
+            .args(["--vmm", "qemu", "--accel", "tcg"])
+            .args(["--listen", &address, "--address", &address])
+            .args(["--cp-url", &url, "--register", REGISTRATION_TOKEN])
+            .args(["--heartbeat-secs", "1"])
+            .env("LOG_LEVEL", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start wrenn-agent"),
+    );
+    let stderr = || std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !cp
+        .seen()
+        .iter()
+        .any(|s| s.path == "/v1/hosts/host-1/heartbeat")
+    {
+        if let Ok(Some(status)) = agent.0.try_wait() {
+            panic!("wrenn-agent exited with {status}:\n{}", stderr());
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no heartbeat:\n{}",
+            stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let path = dir.path().join(CREDENTIALS_FILE);
+    assert_eq!(mode(&path), 0o600);
+
+    // The control plane's client: its certificate from the same CA.
+    let issued = cp
+        .ca
+        .issue_client_cert("wrenn-cp", Duration::from_secs(3600))
+        .expect("client cert");
+    let identity = wrenn_http::tls::ReloadableCert::load(
+        &Pem::text("cert", issued.cert_pem),
+        &Pem::text("key", issued.key_pem),
+    )
+    .expect("identity");
+    let ca_pem = Pem::text("ca", cp.ca.cert_pem());
+    let config = wrenn_http::tls::client_config(&ca_pem, Some(Arc::new(identity))).expect("client");
+    let rpc =
+        wrenn_protocol::connect::ConnectClient::with_tls(format!("https://{address}"), config);
+    let logs: wrenn_protocol::hostagent::GetLogsResponse = rpc
+        .unary(
+            &wrenn_protocol::envd::rpc_path(wrenn_protocol::hostagent::SERVICE, "GetLogs"),
+            &wrenn_protocol::hostagent::GetLogsRequest { lines: 100 },
+        )
+        .await
+        .expect("GetLogs over mTLS");
+    assert!(
+        logs.lines.iter().any(|l| l.contains("registered")),
+        "{:?}",
+        logs.lines
+    );
+    // Anyone else is turned away at the handshake.
+    let anonymous = wrenn_http::tls::client_config(&ca_pem, None).expect("client");
+    assert!(
+        wrenn_protocol::connect::ConnectClient::with_tls(format!("https://{address}"), anonymous)
+            .unary::<_, wrenn_protocol::hostagent::GetLogsResponse>(
+                &wrenn_protocol::envd::rpc_path(wrenn_protocol::hostagent::SERVICE, "GetLogs"),
+                &wrenn_protocol::hostagent::GetLogsRequest { lines: 1 },
+            )
+            .await
+            .is_err()
+    );
+
+    cp.script(&[StatusCode::NOT_FOUND]);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Ok(Some(status)) = agent.0.try_wait() {
+            break status;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the agent did not exit after the host was deleted:\n{}",
+            stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status}:\n{}", stderr());
+    assert!(!path.exists(), "credentials removed");
+}

@@ -1,7 +1,7 @@
 //! `GET /v1/events/stream`: one JSON object per SSE frame, kind inside as `event`.
 
-use crate::capsule::Capsule;
 use crate::Metadata;
+use crate::capsule::Capsule;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 

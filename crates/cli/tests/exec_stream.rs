@@ -63,6 +63,7 @@ async fn exec_session(mut socket: WebSocket, starts: StartFrames) {
         }
     }
     let _ = socket.send(Message::Close(None)).await;
+    while let Some(Ok(_)) = socket.recv().await {}
 }
 
 fn start_server() -> (TestServer, StartFrames) {

@@ -12,8 +12,8 @@ use axum::response::Response;
 use axum::routing::get;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
-use support::pty::{PtyProcess, wait_until};
 use support::{STEP_TIMEOUT, TestServer, reject_bad_key, wrenn};
+use wrenn_testing::pty::{PtyProcess, wait_until};
 
 const SESSION_TAG: &str = "pty-test-tag";
 
@@ -74,6 +74,9 @@ async fn pty_session(mut socket: WebSocket, seen: Shared) {
                     let exit = serde_json::json!({"type": "exit", "exit_code": 7});
                     let _ = socket.send(Message::text(exit.to_string())).await;
                     let _ = socket.send(Message::Close(None)).await;
+                    // Read until the client's close: dropping the TCP connection with its late
+                    // input unread would reset it and could discard the exit frame in flight.
+                    while let Some(Ok(_)) = socket.recv().await {}
                     return;
                 }
             }
@@ -119,7 +122,7 @@ fn shell_relays_bytes_resizes_pongs_and_exits_with_the_remote_code() {
     wait_until(STEP_TIMEOUT, || {
         with_seen(&seen, |seen| seen.first_frame.is_some())
     })
-    .unwrap_or_else(|()| panic!("no start frame; output {:?}", terminal.output()));
+    .unwrap_or_else(|_| panic!("no start frame; output {:?}", terminal.output()));
     assert_eq!(
         with_seen(&seen, |seen| seen.first_frame.clone()),
         Some(serde_json::json!({"type": "start", "cmd": "/bin/bash", "cols": 100, "rows": 30}))
@@ -146,7 +149,7 @@ fn shell_relays_bytes_resizes_pongs_and_exits_with_the_remote_code() {
     wait_until(STEP_TIMEOUT, || {
         with_seen(&seen, |seen| seen.resizes.contains(&(132, 43)))
     })
-    .unwrap_or_else(|()| {
+    .unwrap_or_else(|_| {
         panic!(
             "resize not seen: {:?}",
             with_seen(&seen, |s| s.resizes.clone())
@@ -182,7 +185,7 @@ fn shell_attach_sends_connect_and_sigterm_restores_the_terminal() {
     let mut terminal = spawn_shell(&mut command);
 
     wait_until(STEP_TIMEOUT, || with_seen(&seen, |seen| seen.pongs >= 1))
-        .unwrap_or_else(|()| panic!("no session; output {:?}", terminal.output()));
+        .unwrap_or_else(|_| panic!("no session; output {:?}", terminal.output()));
     assert_eq!(
         with_seen(&seen, |seen| seen.first_frame.clone()),
         Some(serde_json::json!({"type": "connect", "tag": "pty-old"}))

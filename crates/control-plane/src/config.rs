@@ -97,7 +97,8 @@ pub struct BootstrapArgs {
     /// Password for the admin; generated (and printed) when absent and the user is new.
     #[arg(long, env = "WRENN_ADMIN_PASSWORD", hide_env_values = true)]
     pub password: Option<String>,
-    /// Also create a registration token for a host agent at this address (`ip:port`).
+    /// Also add a shared host and print a one-time registration token for its agent
+    /// (`WRENN_HOST_TOKEN=…`).
     #[arg(long)]
-    pub host_address: Option<String>,
+    pub register_host: bool,
 }

@@ -80,7 +80,6 @@ impl std::fmt::Debug for Mailer {
     }
 }
 
-
 impl Default for Mailer {
     /// Log only.
     fn default() -> Self {
@@ -97,10 +96,12 @@ impl Mailer {
     /// A mailer from the command line: without `SMTP_HOST` it logs; port 465 uses implicit TLS,
     /// 587 STARTTLS, any other port plain SMTP (local relays such as a test server).
     pub fn from_config(args: &SmtpArgs) -> anyhow::Result<Self> {
-        let from: Mailbox = args
-            .smtp_from
-            .parse()
-            .with_context(|| format!("SMTP_FROM_EMAIL {:?} is not an email address", args.smtp_from))?;
+        let from: Mailbox = args.smtp_from.parse().with_context(|| {
+            format!(
+                "SMTP_FROM_EMAIL {:?} is not an email address",
+                args.smtp_from
+            )
+        })?;
         let Some(host) = args.smtp_host.as_deref().filter(|h| !h.trim().is_empty()) else {
             return Ok(Self {
                 from,
@@ -114,9 +115,7 @@ impl Mailer {
                 .with_context(|| format!("SMTP with STARTTLS to {host}"))?,
             _ => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host),
         };
-        let mut builder = builder
-            .port(args.smtp_port)
-            .timeout(Some(SMTP_TIMEOUT));
+        let mut builder = builder.port(args.smtp_port).timeout(Some(SMTP_TIMEOUT));
         if let Some(user) = args.smtp_username.as_deref().filter(|u| !u.is_empty()) {
             builder = builder.credentials(Credentials::new(
                 user.to_string(),

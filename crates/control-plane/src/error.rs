@@ -96,7 +96,11 @@ impl From<ErrorCode> for ApiError {
 }
 
 /// Builds the error response for a code and message (also used by rejections and fallbacks).
-pub fn error_response(code: ErrorCode, message: &str, capsule_ids: Option<Vec<String>>) -> Response {
+pub fn error_response(
+    code: ErrorCode,
+    message: &str,
+    capsule_ids: Option<Vec<String>>,
+) -> Response {
     let status = StatusCode::from_u16(code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut body = ErrorBody::new(code, message);
     body.capsule_ids = capsule_ids;

@@ -87,8 +87,15 @@ mod tests {
             assert_eq!(decode(IdKind::User, &text), None, "wrong prefix");
         }
         assert_eq!(decode(IdKind::Capsule, "cl-"), None);
-        assert_eq!(decode(IdKind::Capsule, "cl-ZZZZZZZZZZZZZZZZZZZZZZZZZ"), None);
-        assert_eq!(decode(IdKind::Capsule, "cl-zzzzzzzzzzzzzzzzzzzzzzzzz"), None, "overflow");
+        assert_eq!(
+            decode(IdKind::Capsule, "cl-ZZZZZZZZZZZZZZZZZZZZZZZZZ"),
+            None
+        );
+        assert_eq!(
+            decode(IdKind::Capsule, "cl-zzzzzzzzzzzzzzzzzzzzzzzzz"),
+            None,
+            "overflow"
+        );
         assert_eq!(decode(IdKind::Capsule, "cl-../../etc/passwd"), None);
     }
 }

@@ -64,7 +64,9 @@ impl InternalPki {
                 }
                 match pki.renew_client_cert() {
                     Ok(()) => tracing::info!("renewed the control plane's client certificate"),
-                    Err(e) => tracing::error!(error = %format!("{e:#}"), "could not renew the client certificate; retrying in 12 h, the current one is valid for 24 h"),
+                    Err(e) => {
+                        tracing::error!(error = %format!("{e:#}"), "could not renew the client certificate; retrying in 12 h, the current one is valid for 24 h")
+                    }
                 }
             }
         });
@@ -97,15 +99,16 @@ pub async fn load_ca(db: &PgPool, files: Option<(&Path, &Path)>) -> anyhow::Resu
     }
     let ca = Ca::generate("Wrenn internal CA")?;
     // Two instances starting at once: the first insert wins and both read it back.
-    sqlx::query("INSERT INTO internal_ca (cert_pem, key_pem) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-        .bind(ca.cert_pem())
-        .bind(ca.key_pem())
-        .execute(db)
+    sqlx::query(
+        "INSERT INTO internal_ca (cert_pem, key_pem) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+    )
+    .bind(ca.cert_pem())
+    .bind(ca.key_pem())
+    .execute(db)
+    .await?;
+    let (cert, key): (String, String) = sqlx::query_as("SELECT cert_pem, key_pem FROM internal_ca")
+        .fetch_one(db)
         .await?;
-    let (cert, key): (String, String) =
-        sqlx::query_as("SELECT cert_pem, key_pem FROM internal_ca")
-            .fetch_one(db)
-            .await?;
     tracing::info!("generated the internal CA (kept in the database)");
     Ca::from_pem(&cert, &key).context("loading the internal CA from the database")
 }

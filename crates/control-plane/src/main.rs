@@ -2,19 +2,34 @@
 
 use anyhow::Result;
 use clap::Parser;
+use std::sync::Arc;
 use wrenn_control_plane::config::{Cli, Command};
+use wrenn_control_plane::service::admin::{LogSource, install_log_source};
 use wrenn_control_plane::{db, run};
+use wrenn_logging::{LogOptions, LogRing, log_file_path};
+
+/// The in-memory log ring, served to admins by `GET /v1/admin/logs`.
+struct Ring(LogRing);
+
+impl LogSource for Ring {
+    fn tail(&self, n: usize) -> Vec<String> {
+        self.0.tail(n)
+    }
+}
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    let file = match &cli.command {
+        Command::Serve(args) => Some(log_file_path(&args.data_dir, "control-plane")),
+        _ => None,
+    };
+    let logging = wrenn_logging::init(&LogOptions {
+        file,
+        ..LogOptions::default()
+    })?;
+    install_log_source(Arc::new(Ring(logging.ring())));
+    match cli.command {
         Command::Serve(args) => run::serve(*args).await,
         Command::Migrate(args) => {
             let pool = db::connect(&args.database_url, 2).await?;
@@ -22,6 +37,6 @@ async fn main() -> Result<()> {
             println!("migrations applied");
             Ok(())
         }
-        Command::Bootstrap(_args) => anyhow::bail!("bootstrap is not available yet"),
+        Command::Bootstrap(args) => run::bootstrap(args).await,
     }
 }

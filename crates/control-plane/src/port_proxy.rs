@@ -130,7 +130,10 @@ impl PortProxy {
                     .with_tls_config(
                         rustls::ClientConfig::builder_with_provider(wrenn_http::tls::provider())
                             .with_safe_default_protocol_versions()
-                            .map(|b| b.with_root_certificates(rustls::RootCertStore::empty()).with_no_client_auth())
+                            .map(|b| {
+                                b.with_root_certificates(rustls::RootCertStore::empty())
+                                    .with_no_client_auth()
+                            })
                             .unwrap_or_else(|_| unreachable_config()),
                     )
                     .https_or_http()
@@ -196,7 +199,10 @@ impl PortProxy {
     async fn touch(&self, capsule: Uuid) {
         {
             let mut touched = self.touched.lock().unwrap_or_else(|p| p.into_inner());
-            if touched.get(&capsule).is_some_and(|t| t.elapsed() < TOUCH_EVERY) {
+            if touched
+                .get(&capsule)
+                .is_some_and(|t| t.elapsed() < TOUCH_EVERY)
+            {
                 return;
             }
             touched.insert(capsule, Instant::now());
@@ -230,9 +236,19 @@ impl PortProxy {
         let conn = req.extensions().get::<ConnectionInfo>().copied();
         let (mut parts, body) = req.into_parts();
         parts.uri = uri;
-        forward_request_headers(&mut parts.headers, upgrade.as_ref(), &address, conn.as_ref());
+        forward_request_headers(
+            &mut parts.headers,
+            upgrade.as_ref(),
+            &address,
+            conn.as_ref(),
+        );
         let outgoing = Request::from_parts(parts, body);
-        let mut response = match tokio::time::timeout(RESPONSE_HEADER_TIMEOUT, self.client.request(outgoing)).await {
+        let mut response = match tokio::time::timeout(
+            RESPONSE_HEADER_TIMEOUT,
+            self.client.request(outgoing),
+        )
+        .await
+        {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
                 self.forget(&to.capsule_id);
@@ -330,8 +346,11 @@ mod tests {
         assert!(parse_host(&host, Some("127.0.0.1")).is_some());
         assert!(parse_host(&host, Some("wrenn.dev")).is_none());
         assert_eq!(
-            parse_host(&format!("8888-{}.WRENN.dev", id.to_uppercase()), Some("wrenn.dev"))
-                .map(|h| h.capsule_id),
+            parse_host(
+                &format!("8888-{}.WRENN.dev", id.to_uppercase()),
+                Some("wrenn.dev")
+            )
+            .map(|h| h.capsule_id),
             Some(id.clone())
         );
         for bad in [

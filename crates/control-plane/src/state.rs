@@ -19,6 +19,8 @@ pub struct Settings {
     pub signup_enabled: bool,
     pub host_monitor_period: Duration,
     pub heartbeat_timeout: Duration,
+    /// Positive capsule inactivity timeouts below this are raised to it (60 s; tests lower it).
+    pub min_capsule_timeout_sec: i32,
 }
 
 impl Default for Settings {
@@ -29,6 +31,7 @@ impl Default for Settings {
             signup_enabled: true,
             host_monitor_period: Duration::from_secs(15),
             heartbeat_timeout: Duration::from_secs(90),
+            min_capsule_timeout_sec: 60,
         }
     }
 }

@@ -1,54 +1,13 @@
-//! Accounts through the HTTP API: signup, activation, login, sessions, the caller's profile,
-//! passwords, API keys, and the bootstrap admin.
+//! Accounts through the HTTP API: signup, activation, login, API keys, the first admin, and the
+//! bootstrap admin. The caller's own profile and passwords are in `profile.rs`.
 
 mod support;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::time::Duration;
-use support::{TestApp, link_token};
-use wrenn_control_plane::email::{Outbox, SentEmail};
+use support::{TestApp, expect_error as error_code, json_of, link_token};
 use wrenn_control_plane::service::accounts;
-
-async fn body(resp: reqwest::Response) -> Value {
-    resp.json().await.expect("json body")
-}
-
-/// `{"error":{"code":…}}` of a response, after checking its status.
-async fn error_code(resp: reqwest::Response, status: u16) -> String {
-    assert_eq!(resp.status().as_u16(), status, "status");
-    let v = body(resp).await;
-    v["error"]["code"].as_str().expect("error code").to_string()
-}
-
-/// The newest message to `to` whose subject contains `subject` (sends are asynchronous).
-async fn wait_mail(outbox: &Outbox, to: &str, subject: &str) -> SentEmail {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(m) = outbox
-            .messages()
-            .into_iter()
-            .rev()
-            .find(|m| m.to == to && m.subject.contains(subject))
-        {
-            return m;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no {subject:?} mail to {to}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-async fn login(t: &TestApp, email: &str, password: &str) -> reqwest::Response {
-    t.http
-        .post(t.url("/v1/auth/login"))
-        .json(&json!({ "email": email, "password": password }))
-        .send()
-        .await
-        .expect("login")
-}
 
 #[sqlx::test(migrator = "wrenn_control_plane::db::MIGRATOR")]
 async fn signup_activate_login_and_api_keys(db: sqlx::PgPool) {
@@ -83,14 +42,14 @@ async fn signup_activate_login_and_api_keys(db: sqlx::PgPool) {
     assert_eq!(error_code(again, 400).await, "invalid_request");
 
     // Login with the (differently cased) email; the session is scoped to the default team.
-    let resp = login(&t, &alice.email.to_uppercase(), &alice.password).await;
+    let resp = t.login(&alice.email.to_uppercase(), &alice.password).await;
     assert_eq!(resp.status(), 200);
-    let session = body(resp).await;
+    let session = json_of(resp).await;
     assert_eq!(session["team_id"], alice.team_id.as_str());
     assert_eq!(session["user_id"], alice.user_id.as_str());
     let jwt = session["token"].as_str().expect("token").to_string();
 
-    let me = body(
+    let me = json_of(
         t.http
             .get(t.url("/v1/me"))
             .bearer_auth(&jwt)
@@ -116,14 +75,14 @@ async fn signup_activate_login_and_api_keys(db: sqlx::PgPool) {
         .await
         .expect("create key");
     assert_eq!(created.status(), 201);
-    let created = body(created).await;
+    let created = json_of(created).await;
     assert_eq!(created["name"], "Unnamed API Key");
     let key = created["key"].as_str().expect("plaintext key").to_string();
     assert!(key.starts_with("wrn_") && key.len() == 36);
     assert_eq!(created["key_prefix"], &key[..10]);
     assert_eq!(created["creator_email"], alice.email.as_str());
 
-    let listed = body(
+    let listed = json_of(
         t.http
             .get(t.url("/v1/api-keys"))
             .bearer_auth(&jwt)
@@ -190,7 +149,7 @@ async fn signup_activate_login_and_api_keys(db: sqlx::PgPool) {
     );
 
     // Both actions are in the team's audit log.
-    let log = body(
+    let log = json_of(
         t.http
             .get(t.url("/v1/audit-logs?resource_type=api_key"))
             .bearer_auth(&jwt)
@@ -209,7 +168,7 @@ async fn signup_activate_login_and_api_keys(db: sqlx::PgPool) {
 
     // The second user is not an admin.
     let bob = t.register(&outbox, "bob").await;
-    let me = body(
+    let me = json_of(
         t.http
             .get(t.url("/v1/me"))
             .bearer_auth(&bob.jwt)
@@ -263,7 +222,7 @@ async fn signup_validation_conflicts_and_cooldown(db: sqlx::PgPool) {
     let active = t.register(&outbox, "taken").await;
     let resp = signup(json!({"email": active.email, "password": "long enough", "name": "B"})).await;
     assert_eq!(resp.status(), 409);
-    let err = body(resp).await;
+    let err = json_of(resp).await;
     assert_eq!(err["error"]["code"], "conflict");
     assert!(
         err["error"]["message"]
@@ -286,7 +245,7 @@ async fn signup_validation_conflicts_and_cooldown(db: sqlx::PgPool) {
         .expect("mail");
     let resp = signup(json!({"email": email, "password": "long enough", "name": "P"})).await;
     assert_eq!(resp.status(), 409);
-    let err = body(resp).await;
+    let err = json_of(resp).await;
     assert!(
         err["error"]["message"]
             .as_str()
@@ -347,10 +306,10 @@ async fn login_failures_states_and_rate_limit(db: sqlx::PgPool) {
     let (t, outbox) = TestApp::start_capturing(db).await;
     let user = t.register(&outbox, "carol").await;
 
-    let unknown = body(login(&t, "nobody@x.test", "whatever1").await).await;
-    let wrong = login(&t, &user.email, "wrong password").await;
+    let unknown = json_of(t.login("nobody@x.test", "whatever1").await).await;
+    let wrong = t.login(&user.email, "wrong password").await;
     assert_eq!(wrong.status(), 401);
-    let wrong = body(wrong).await;
+    let wrong = json_of(wrong).await;
     assert_eq!(
         unknown["error"], wrong["error"],
         "unknown email and wrong password look alike"
@@ -367,11 +326,11 @@ async fn login_failures_states_and_rate_limit(db: sqlx::PgPool) {
         .expect("signup");
     assert_eq!(signup.status(), 201);
     assert_eq!(
-        error_code(login(&t, "late@x.test", "long enough").await, 403).await,
+        error_code(t.login("late@x.test", "long enough").await, 403).await,
         "account_not_activated"
     );
     assert_eq!(
-        error_code(login(&t, "late@x.test", "not the one").await, 401).await,
+        error_code(t.login("late@x.test", "not the one").await, 401).await,
         "unauthorized"
     );
 
@@ -382,7 +341,7 @@ async fn login_failures_states_and_rate_limit(db: sqlx::PgPool) {
         .await
         .expect("disable");
     assert_eq!(
-        error_code(login(&t, &user.email, &user.password).await, 403).await,
+        error_code(t.login(&user.email, &user.password).await, 403).await,
         "account_disabled"
     );
     sqlx::query("UPDATE users SET status = 'active' WHERE email = $1")
@@ -393,278 +352,15 @@ async fn login_failures_states_and_rate_limit(db: sqlx::PgPool) {
 
     // Ten failures lock the email out, even for the right password (one failure is above).
     for _ in 1..accounts::login::MAX_LOGIN_FAILURES {
-        assert_eq!(login(&t, &user.email, "wrong password").await.status(), 401);
+        assert_eq!(t.login(&user.email, "wrong password").await.status(), 401);
     }
     assert_eq!(
-        error_code(login(&t, &user.email, &user.password).await, 429).await,
+        error_code(t.login(&user.email, &user.password).await, 429).await,
         "rate_limited"
     );
     // Another account is unaffected.
     let other = t.register(&outbox, "dave").await;
-    assert_eq!(login(&t, &other.email, &other.password).await.status(), 200);
-}
-
-#[sqlx::test(migrator = "wrenn_control_plane::db::MIGRATOR")]
-async fn passwords_change_and_reset(db: sqlx::PgPool) {
-    let (t, outbox) = TestApp::start_capturing(db).await;
-    let u = t.register(&outbox, "erin").await;
-    let change = |body: Value| {
-        let (t, jwt) = (&t, u.jwt.clone());
-        async move {
-            t.http
-                .post(t.url("/v1/me/password"))
-                .bearer_auth(jwt)
-                .json(&body)
-                .send()
-                .await
-                .expect("change")
-        }
-    };
-    assert_eq!(
-        change(json!({"current_password": "nope nope", "new_password": "second-password"}))
-            .await
-            .status(),
-        400
-    );
-    assert_eq!(
-        change(json!({"new_password": "second-password"}))
-            .await
-            .status(),
-        400
-    );
-    assert_eq!(
-        change(json!({"current_password": u.password, "new_password": "short"}))
-            .await
-            .status(),
-        400
-    );
-    assert_eq!(
-        change(json!({"current_password": u.password, "new_password": "second-password"}))
-            .await
-            .status(),
-        204
-    );
-    assert_eq!(login(&t, &u.email, &u.password).await.status(), 401);
-    assert_eq!(login(&t, &u.email, "second-password").await.status(), 200);
-
-    // Reset: always 204; only a real account gets mail.
-    let reset = |email: &str| {
-        let (t, email) = (&t, email.to_string());
-        async move {
-            t.http
-                .post(t.url("/v1/me/password/reset"))
-                .json(&json!({"email": email}))
-                .send()
-                .await
-                .expect("reset")
-        }
-    };
-    assert_eq!(reset("ghost@x.test").await.status(), 204);
-    assert_eq!(reset("not an email").await.status(), 204);
-    assert_eq!(reset(&u.email.to_uppercase()).await.status(), 204);
-    let mail = wait_mail(&outbox, &u.email, "Reset").await;
-    assert!(mail.text.contains("/reset-password?token="));
-    assert!(outbox.messages().iter().all(|m| m.to != "ghost@x.test"));
-    let token = link_token(&mail.text).expect("token");
-    let confirm = |token: &str, pw: &str| {
-        let (t, body) = (&t, json!({"token": token, "new_password": pw}));
-        async move {
-            t.http
-                .post(t.url("/v1/me/password/reset/confirm"))
-                .json(&body)
-                .send()
-                .await
-                .expect("confirm")
-        }
-    };
-    assert_eq!(
-        confirm(&token, "short").await.status(),
-        400,
-        "weak password, token kept"
-    );
-    assert_eq!(confirm(&token, "third-password").await.status(), 204);
-    assert_eq!(
-        error_code(confirm(&token, "fourth-password").await, 400).await,
-        "invalid_request"
-    );
-    assert_eq!(login(&t, &u.email, "third-password").await.status(), 200);
-    assert_eq!(
-        confirm("00000000000000000000000000000000", "fifth-password")
-            .await
-            .status(),
-        400
-    );
-}
-
-#[sqlx::test(migrator = "wrenn_control_plane::db::MIGRATOR")]
-async fn profile_switch_team_and_account_deletion(db: sqlx::PgPool) {
-    let (t, outbox) = TestApp::start_capturing(db).await;
-    let admin = t.register(&outbox, "admin").await;
-    let u = t.register(&outbox, "frank").await;
-
-    let renamed = t
-        .http
-        .patch(t.url("/v1/me"))
-        .bearer_auth(&u.jwt)
-        .json(&json!({"name": "Franklin"}))
-        .send()
-        .await
-        .expect("patch");
-    assert_eq!(renamed.status(), 200);
-    let renamed = body(renamed).await;
-    assert_eq!(renamed["name"], "Franklin");
-    let jwt = renamed["token"].as_str().expect("token").to_string();
-    let me = body(
-        t.http
-            .get(t.url("/v1/me"))
-            .bearer_auth(&jwt)
-            .send()
-            .await
-            .expect("me"),
-    )
-    .await;
-    assert_eq!(me["name"], "Franklin");
-
-    // Switch to a second team, to one the user is not in (403), and to a missing one (404).
-    let team = body(
-        t.http
-            .post(t.url("/v1/teams"))
-            .bearer_auth(&jwt)
-            .json(&json!({"name": "Second"}))
-            .send()
-            .await
-            .expect("team"),
-    )
-    .await;
-    let second = team["id"].as_str().expect("id");
-    let switched = body(
-        t.http
-            .post(t.url("/v1/auth/switch-team"))
-            .bearer_auth(&jwt)
-            .json(&json!({"team_id": second}))
-            .send()
-            .await
-            .expect("switch"),
-    )
-    .await;
-    assert_eq!(switched["team_id"], second);
-    let foreign = t
-        .http
-        .post(t.url("/v1/auth/switch-team"))
-        .bearer_auth(&jwt)
-        .json(&json!({"team_id": admin.team_id}))
-        .send()
-        .await
-        .expect("switch");
-    assert_eq!(error_code(foreign, 403).await, "forbidden");
-    let missing = t
-        .http
-        .post(t.url("/v1/auth/switch-team"))
-        .bearer_auth(&jwt)
-        .json(&json!({"team_id": "team-nope"}))
-        .send()
-        .await
-        .expect("switch");
-    assert_eq!(error_code(missing, 404).await, "not_found");
-
-    // Deletion: confirmation must match; owning a team with members blocks it.
-    let delete = |confirmation: &str, jwt: &str| {
-        let (t, body, jwt) = (&t, json!({"confirmation": confirmation}), jwt.to_string());
-        async move {
-            t.http
-                .delete(t.url("/v1/me"))
-                .bearer_auth(jwt)
-                .json(&body)
-                .send()
-                .await
-                .expect("delete")
-        }
-    };
-    assert_eq!(delete("someone@else.test", &jwt).await.status(), 400);
-    let add = t
-        .http
-        .post(t.url(&format!("/v1/teams/{second}/members")))
-        .bearer_auth(&jwt)
-        .json(&json!({"email": admin.email}))
-        .send()
-        .await
-        .expect("add");
-    assert_eq!(add.status(), 201);
-    assert_eq!(
-        error_code(delete(&u.email, &jwt).await, 409).await,
-        "conflict"
-    );
-    let remove = t
-        .http
-        .delete(t.url(&format!("/v1/teams/{second}/members/{}", admin.user_id)))
-        .bearer_auth(&jwt)
-        .send()
-        .await
-        .expect("remove");
-    assert_eq!(remove.status(), 204);
-    // A key the user made stops working with the account.
-    let key = body(
-        t.http
-            .post(t.url("/v1/api-keys"))
-            .bearer_auth(&jwt)
-            .json(&json!({"name": "k"}))
-            .send()
-            .await
-            .expect("key"),
-    )
-    .await;
-    let key = key["key"].as_str().expect("key").to_string();
-    assert_eq!(delete(&u.email.to_uppercase(), &jwt).await.status(), 204);
-    assert_eq!(
-        t.http
-            .get(t.url("/v1/me"))
-            .bearer_auth(&jwt)
-            .send()
-            .await
-            .expect("me")
-            .status(),
-        401
-    );
-    assert_eq!(
-        t.http
-            .get(t.url("/v1/snapshots"))
-            .header("X-API-Key", &key)
-            .send()
-            .await
-            .expect("key")
-            .status(),
-        401
-    );
-    assert_eq!(login(&t, &u.email, &u.password).await.status(), 401);
-    let live_teams: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM users_teams ut JOIN teams t ON t.id = ut.team_id JOIN users u ON u.id = ut.user_id
-          WHERE u.email = $1 AND t.deleted_at IS NULL",
-    )
-    .bind(&u.email)
-    .fetch_one(&t.app.db)
-    .await
-    .expect("count");
-    assert_eq!(
-        live_teams, 0,
-        "sole-owned teams are deleted with the account"
-    );
-
-    // The last platform admin cannot delete their account.
-    assert_eq!(
-        error_code(delete(&admin.email, &admin.jwt).await, 409).await,
-        "invalid_state"
-    );
-
-    // Purged after the retention period.
-    sqlx::query("UPDATE users SET deleted_at = now() - interval '16 days' WHERE email = $1")
-        .bind(&u.email)
-        .execute(&t.app.db)
-        .await
-        .expect("age");
-    let (purged, _) = accounts::housekeeping(&t.app.db)
-        .await
-        .expect("housekeeping");
-    assert_eq!(purged, 1);
+    assert_eq!(t.login(&other.email, &other.password).await.status(), 200);
 }
 
 #[sqlx::test(migrator = "wrenn_control_plane::db::MIGRATOR")]
@@ -734,8 +430,8 @@ async fn bootstrap_admin_creates_then_reuses(db: sqlx::PgPool) {
         .await
         .expect("send");
     assert_eq!(key_ok.status(), 200);
-    let session = body(login(&t, &first.email, &password).await).await;
-    let me = body(
+    let session = json_of(t.login(&first.email, &password).await).await;
+    let me = json_of(
         t.http
             .get(t.url("/v1/me"))
             .bearer_auth(session["token"].as_str().expect("token"))
@@ -760,7 +456,7 @@ async fn bootstrap_admin_creates_then_reuses(db: sqlx::PgPool) {
     assert!(second.password_if_generated.is_none());
     assert_ne!(second.api_key, first.api_key, "a fresh key every time");
     assert_eq!(
-        login(&t, "root@example.test", "chosen-password")
+        t.login("root@example.test", "chosen-password")
             .await
             .status(),
         200

@@ -7,23 +7,22 @@ mod support;
 
 use base64::Engine;
 use capsule_ops_support::{
-    AnyPlatform, Frame, Ws, frames_until_close, next_frame, send_json, set_status, ws_connect,
-    ws_url,
+    Frame, Ws, frames_until_close, next_frame, send_json, set_status, ws_connect, ws_url,
 };
 use futures::SinkExt;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 use support::Tenant;
+use support::platform::Platform;
 use tokio_tungstenite::tungstenite::Message;
 
 const FRAME_WAIT: Duration = Duration::from_secs(60);
 
 #[sqlx::test(migrator = "wrenn_control_plane::db::MIGRATOR")]
 async fn exec_processes_streams_and_terminals(db: sqlx::PgPool) {
-    let Some(p) = AnyPlatform::start(db, "560-567").await else {
-        return;
-    };
-    let alice = p.cp().tenant("alice").await;
+    wrenn_testing::require_vm!();
+    let p = Platform::start(db).await;
+    let alice = p.cp.tenant("alice").await;
     let id = p.create_capsule(&alice).await;
     let c = Ctx {
         p: &p,
@@ -38,7 +37,7 @@ async fn exec_processes_streams_and_terminals(db: sqlx::PgPool) {
 }
 
 struct Ctx<'a> {
-    p: &'a AnyPlatform,
+    p: &'a Platform,
     key: String,
     id: String,
 }
@@ -47,9 +46,9 @@ impl Ctx<'_> {
     async fn exec(&self, body: Value) -> (u16, Value) {
         let resp = self
             .p
-            .cp()
+            .cp
             .http
-            .post(self.p.cp().url(&format!("/v1/capsules/{}/exec", self.id)))
+            .post(self.p.cp.url(&format!("/v1/capsules/{}/exec", self.id)))
             .header("X-API-Key", &self.key)
             .json(&body)
             .send()
@@ -71,24 +70,31 @@ impl Ctx<'_> {
     async fn processes(&self) -> Vec<Value> {
         let resp = self
             .p
-            .cp()
+            .cp
             .http
-            .get(self.p.cp().url(&format!("/v1/capsules/{}/processes", self.id)))
+            .get(
+                self.p
+                    .cp
+                    .url(&format!("/v1/capsules/{}/processes", self.id)),
+            )
             .header("X-API-Key", &self.key)
             .send()
             .await
             .expect("list");
         assert_eq!(resp.status(), 200);
         let body: Value = resp.json().await.expect("json");
-        body["processes"].as_array().expect("processes array").clone()
+        body["processes"]
+            .as_array()
+            .expect("processes array")
+            .clone()
     }
 
     async fn kill(&self, selector: &str, query: &str) -> (u16, Value) {
         let resp = self
             .p
-            .cp()
+            .cp
             .http
-            .delete(self.p.cp().url(&format!(
+            .delete(self.p.cp.url(&format!(
                 "/v1/capsules/{}/processes/{selector}{query}",
                 self.id
             )))
@@ -103,7 +109,7 @@ impl Ctx<'_> {
 
     async fn ws(&self, path: &str) -> Ws {
         ws_connect(
-            &ws_url(self.p.cp(), &format!("/v1/capsules/{}{path}", self.id)),
+            &ws_url(&self.p.cp, &format!("/v1/capsules/{}{path}", self.id)),
             Some(&self.key),
         )
         .await
@@ -118,8 +124,10 @@ fn error_code(body: &Value) -> &str {
 async fn foreground_exec(c: &Ctx<'_>) {
     // envs and an absolute cwd apply in the foreground.
     let (status, body) = c
-        .exec(json!({"cmd": "/bin/sh", "args": ["-c", "echo $FOO; pwd"], "background": false,
-                     "envs": {"FOO": "bar baz"}, "cwd": "/tmp"}))
+        .exec(
+            json!({"cmd": "/bin/sh", "args": ["-c", "echo $FOO; pwd"], "background": false,
+                     "envs": {"FOO": "bar baz"}, "cwd": "/tmp"}),
+        )
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["stdout"], "bar baz\n/tmp\n");
@@ -156,8 +164,12 @@ async fn foreground_exec(c: &Ctx<'_>) {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["encoding"], "base64");
     let b64 = base64::engine::general_purpose::STANDARD;
-    let stdout = b64.decode(body["stdout"].as_str().expect("stdout")).expect("b64");
-    let stderr = b64.decode(body["stderr"].as_str().expect("stderr")).expect("b64");
+    let stdout = b64
+        .decode(body["stdout"].as_str().expect("stdout"))
+        .expect("b64");
+    let stderr = b64
+        .decode(body["stderr"].as_str().expect("stderr"))
+        .expect("b64");
     assert_eq!(stdout, vec![0xff, 0xfe]);
     assert_eq!(stderr, "é".as_bytes());
 
@@ -180,9 +192,18 @@ async fn foreground_exec(c: &Ctx<'_>) {
     for (body, why) in [
         (json!({"cmd": ""}), "empty cmd"),
         (json!({"args": ["x"]}), "missing cmd"),
-        (json!({"cmd": "/bin/true", "timeout_sec": -1}), "negative timeout"),
-        (json!({"cmd": "/bin/true", "timeout_sec": 86_401}), "timeout over a day"),
-        (json!({"cmd": "/bin/true", "cwd": "/does/not/exist"}), "missing cwd"),
+        (
+            json!({"cmd": "/bin/true", "timeout_sec": -1}),
+            "negative timeout",
+        ),
+        (
+            json!({"cmd": "/bin/true", "timeout_sec": 86_401}),
+            "timeout over a day",
+        ),
+        (
+            json!({"cmd": "/bin/true", "cwd": "/does/not/exist"}),
+            "missing cwd",
+        ),
     ] {
         let (status, resp) = c.exec(body).await;
         assert_eq!(status, 400, "{why}: {resp}");
@@ -220,7 +241,11 @@ async fn background_processes(c: &Ctx<'_>) {
     let (status, body) = c.kill("999999", "").await;
     assert_eq!((status, error_code(&body)), (404, "not_found"), "{body}");
     let (status, body) = c.kill("1", "?signal=SIGHUP").await;
-    assert_eq!((status, error_code(&body)), (400, "invalid_request"), "{body}");
+    assert_eq!(
+        (status, error_code(&body)),
+        (400, "invalid_request"),
+        "{body}"
+    );
 
     // SIGTERM by tag.
     let (_, term) = c
@@ -238,7 +263,11 @@ async fn background_processes(c: &Ctx<'_>) {
     let ticker_pid = ticker["pid"].as_u64().expect("pid");
     let mut ws = c.ws(&format!("/processes/{ticker_pid}/stream")).await;
     let frames = frames_until_close(&mut ws, FRAME_WAIT).await;
-    assert_eq!(frames.first(), Some(&Frame::Json(json!({"type": "start", "pid": ticker_pid}))), "{frames:?}");
+    assert_eq!(
+        frames.first(),
+        Some(&Frame::Json(json!({"type": "start", "pid": ticker_pid}))),
+        "{frames:?}"
+    );
     let stdout: String = frames
         .iter()
         .filter_map(|f| match f {
@@ -247,14 +276,26 @@ async fn background_processes(c: &Ctx<'_>) {
         })
         .collect();
     assert!(stdout.contains("tick 6\n"), "{frames:?}");
-    assert_eq!(frames.last(), Some(&Frame::Json(json!({"type": "exit", "exit_code": 7}))), "{frames:?}");
+    assert_eq!(
+        frames.last(),
+        Some(&Frame::Json(json!({"type": "exit", "exit_code": 7}))),
+        "{frames:?}"
+    );
 
     // Attaching to a process that has exited (or never existed) fails at once, never silently.
-    for selector in [ticker_pid.to_string(), "999999".to_string(), "no-such-tag".to_string()] {
+    for selector in [
+        ticker_pid.to_string(),
+        "999999".to_string(),
+        "no-such-tag".to_string(),
+    ] {
         let mut ws = c.ws(&format!("/processes/{selector}/stream")).await;
         let frames = frames_until_close(&mut ws, Duration::from_secs(20)).await;
         assert_eq!(frames.len(), 1, "{selector}: {frames:?}");
-        assert_eq!(frames[0].clone().json()["type"], "error", "{selector}: {frames:?}");
+        assert_eq!(
+            frames[0].clone().json()["type"],
+            "error",
+            "{selector}: {frames:?}"
+        );
     }
 
     // Re-attach by tag, then a kill ends the stream with an exit.
@@ -284,7 +325,11 @@ impl Frame {
 /// Runs `script` over the exec stream with header auth; all frames.
 async fn stream_frames(c: &Ctx<'_>, script: &str) -> Vec<Frame> {
     let mut ws = c.ws("/exec/stream").await;
-    send_json(&mut ws, json!({"type": "start", "cmd": "/bin/sh", "args": ["-c", script]})).await;
+    send_json(
+        &mut ws,
+        json!({"type": "start", "cmd": "/bin/sh", "args": ["-c", script]}),
+    )
+    .await;
     frames_until_close(&mut ws, FRAME_WAIT).await
 }
 
@@ -301,32 +346,82 @@ fn collect(frames: &[Frame], kind: &str) -> String {
 async fn exec_stream(c: &Ctx<'_>, alice: &Tenant) {
     // Frame order: start, output, one exit, close; stdout and stderr apart.
     let frames = stream_frames(c, "echo a; echo b >&2; printf 'é'; exit 3").await;
-    assert!(matches!(&frames[0], Frame::Json(v) if v["type"] == "start" && v["pid"].as_u64() > Some(0)), "{frames:?}");
-    assert_eq!(frames.last(), Some(&Frame::Json(json!({"type": "exit", "exit_code": 3}))));
+    assert!(
+        matches!(&frames[0], Frame::Json(v) if v["type"] == "start" && v["pid"].as_u64() > Some(0)),
+        "{frames:?}"
+    );
+    assert_eq!(
+        frames.last(),
+        Some(&Frame::Json(json!({"type": "exit", "exit_code": 3})))
+    );
     let finals = frames
         .iter()
         .filter(|f| matches!(f, Frame::Json(v) if v["type"] == "exit" || v["type"] == "error"))
         .count();
     assert_eq!(finals, 1, "{frames:?}");
-    assert!(frames.iter().all(|f| matches!(f, Frame::Json(_))), "binary frame: {frames:?}");
+    assert!(
+        frames.iter().all(|f| matches!(f, Frame::Json(_))),
+        "binary frame: {frames:?}"
+    );
     assert_eq!(collect(&frames, "stdout"), "a\né");
     assert_eq!(collect(&frames, "stderr"), "b\n");
 
     // Multi-byte characters are never split across frames (output arrives in many chunks).
-    let frames = stream_frames(c, "i=0; while [ $i -lt 4000 ]; do printf '€🦀€🦀€'; i=$((i+1)); done").await;
+    let frames = stream_frames(
+        c,
+        "i=0; while [ $i -lt 4000 ]; do printf '€🦀€🦀€'; i=$((i+1)); done",
+    )
+    .await;
     let stdout = collect(&frames, "stdout");
     assert!(!stdout.contains('\u{fffd}'), "a character was split");
     assert_eq!(stdout, "€🦀€🦀€".repeat(4000));
-    assert!(frames.len() > 3, "expected several output frames: {}", frames.len());
+    assert!(
+        frames.len() > 3,
+        "expected several output frames: {}",
+        frames.len()
+    );
 
     // `stop` kills the command: exit follows.
     let mut ws = c.ws("/exec/stream").await;
-    send_json(&mut ws, json!({"type": "start", "cmd": "/bin/sleep", "args": ["300"]})).await;
-    assert_eq!(next_frame(&mut ws, FRAME_WAIT).await.json()["type"], "start");
+    send_json(
+        &mut ws,
+        json!({"type": "start", "cmd": "/bin/sleep", "args": ["300"]}),
+    )
+    .await;
+    assert_eq!(
+        next_frame(&mut ws, FRAME_WAIT).await.json()["type"],
+        "start"
+    );
     send_json(&mut ws, json!({"type": "stop"})).await;
     let frames = frames_until_close(&mut ws, FRAME_WAIT).await;
     assert_eq!(frames.len(), 1, "{frames:?}");
     assert_eq!(frames[0].clone().json()["type"], "exit");
+
+    // Leaving the socket kills the command it started (nobody could read its output).
+    let mut ws = c.ws("/exec/stream").await;
+    send_json(
+        &mut ws,
+        json!({"type": "start", "cmd": "/bin/sh", "args": ["-c", "sleep 300 # orphan-probe"]}),
+    )
+    .await;
+    assert_eq!(
+        next_frame(&mut ws, FRAME_WAIT).await.json()["type"],
+        "start"
+    );
+    assert!(
+        c.processes()
+            .await
+            .iter()
+            .any(|p| p.to_string().contains("orphan-probe"))
+    );
+    drop(ws);
+    wait_for(|| async {
+        !c.processes()
+            .await
+            .iter()
+            .any(|p| p.to_string().contains("orphan-probe"))
+    })
+    .await;
 
     // A wrong first message: one error frame, then close.
     let mut ws = c.ws("/exec/stream").await;
@@ -345,17 +440,23 @@ async fn exec_stream(c: &Ctx<'_>, alice: &Tenant) {
     assert_eq!(frames[0].clone().json()["type"], "error");
 
     // Authentication by first message (API key or session token) instead of a header.
-    let url = ws_url(c.p.cp(), &format!("/v1/capsules/{}/exec/stream", c.id));
+    let url = ws_url(&c.p.cp, &format!("/v1/capsules/{}/exec/stream", c.id));
     for token in [alice.api_key.as_str(), alice.jwt.as_str()] {
-        let mut ws = ws_connect(&url, None).await.expect("upgrade without credentials");
+        let mut ws = ws_connect(&url, None)
+            .await
+            .expect("upgrade without credentials");
         send_json(&mut ws, json!({"type": "auth", "token": token})).await;
-        send_json(&mut ws, json!({"type": "start", "cmd": "/bin/echo", "args": ["hi"]})).await;
+        send_json(
+            &mut ws,
+            json!({"type": "start", "cmd": "/bin/echo", "args": ["hi"]}),
+        )
+        .await;
         let frames = frames_until_close(&mut ws, FRAME_WAIT).await;
         assert_eq!(collect(&frames, "stdout"), "hi\n", "{frames:?}");
     }
     // Wrong header credentials: refused before the upgrade.
     let refused = ws_connect(&url, Some("wrn_00000000000000000000000000000000")).await;
-    let err = refused.err().expect("refused").to_string();
+    let err = refused.expect_err("refused").to_string();
     assert!(err.contains("401"), "{err}");
     // A bad token, or none within 5 s: error frame, close.
     let mut ws = ws_connect(&url, None).await.expect("upgrade");
@@ -380,7 +481,10 @@ async fn read_until(ws: &mut Ws, needle: &str) -> String {
         match next_frame(ws, left).await {
             Frame::Binary(b) => seen.extend_from_slice(&b),
             Frame::Json(v) => assert_ne!(v["type"], "error", "{v}"),
-            Frame::Closed => panic!("closed before {needle:?}: {}", String::from_utf8_lossy(&seen)),
+            Frame::Closed => panic!(
+                "closed before {needle:?}: {}",
+                String::from_utf8_lossy(&seen)
+            ),
         }
         let text = String::from_utf8_lossy(&seen).into_owned();
         if text.contains(needle) {
@@ -390,7 +494,9 @@ async fn read_until(ws: &mut Ws, needle: &str) -> String {
 }
 
 async fn send_bytes(ws: &mut Ws, bytes: &[u8]) {
-    ws.send(Message::Binary(bytes.to_vec().into())).await.expect("send");
+    ws.send(Message::Binary(bytes.to_vec().into()))
+        .await
+        .expect("send");
 }
 
 async fn terminals(c: &Ctx<'_>) {
@@ -424,10 +530,16 @@ async fn terminals(c: &Ctx<'_>) {
     let mut ws = c.ws("/pty").await;
     send_json(&mut ws, json!({"type": "connect", "tag": tag})).await;
     let again = next_frame(&mut ws, FRAME_WAIT).await.json();
-    assert_eq!((&again["type"], &again["pid"], &again["tag"]), (&json!("started"), &pid, &json!(tag)));
+    assert_eq!(
+        (&again["type"], &again["pid"], &again["tag"]),
+        (&json!("started"), &pid, &json!(tag))
+    );
     send_bytes(&mut ws, b"stty size; echo back-$((1+1))\n").await;
     let out = read_until(&mut ws, "back-2").await;
-    assert!(out.contains("30 100"), "the size set before leaving is kept: {out}");
+    assert!(
+        out.contains("30 100"),
+        "the size set before leaving is kept: {out}"
+    );
 
     // Kill: exit, then close; the tag is gone.
     send_json(&mut ws, json!({"type": "kill"})).await;
@@ -439,49 +551,95 @@ async fn terminals(c: &Ctx<'_>) {
     let frames = frames_until_close(&mut ws, FRAME_WAIT).await;
     assert_eq!(frames.len(), 1, "{frames:?}");
     let err = frames[0].clone().json();
-    assert_eq!((&err["type"], &err["fatal"]), (&json!("error"), &json!(true)), "{err}");
+    assert_eq!(
+        (&err["type"], &err["fatal"]),
+        (&json!("error"), &json!(true)),
+        "{err}"
+    );
+
+    // An idle terminal gets a JSON ping every 30 s (answered with pong), and stays open.
+    let mut ws = c.ws("/pty").await;
+    send_json(&mut ws, json!({"type": "start", "cmd": "/bin/cat"})).await;
+    assert_eq!(
+        next_frame(&mut ws, FRAME_WAIT).await.json()["type"],
+        "started"
+    );
+    let ping = next_frame(&mut ws, Duration::from_secs(45)).await;
+    assert_eq!(ping, Frame::Json(json!({"type": "ping"})));
+    send_json(&mut ws, json!({"type": "pong"})).await;
+    send_bytes(&mut ws, b"still-here\n").await;
+    read_until(&mut ws, "still-here").await;
+    send_json(&mut ws, json!({"type": "kill"})).await;
+    let frames = frames_until_close(&mut ws, FRAME_WAIT).await;
+    assert_eq!(frames.last().cloned().expect("exit").json()["type"], "exit");
 
     // A process that exits by itself: exit with its code, then close.
     let mut ws = c.ws("/pty").await;
-    send_json(&mut ws, json!({"type": "start", "cmd": "/bin/sh", "args": ["-c", "exit 5"]})).await;
+    send_json(
+        &mut ws,
+        json!({"type": "start", "cmd": "/bin/sh", "args": ["-c", "exit 5"]}),
+    )
+    .await;
     let frames = frames_until_close(&mut ws, FRAME_WAIT).await;
-    assert_eq!(frames.first().cloned().expect("started").json()["type"], "started");
-    assert_eq!(frames.last().cloned().expect("exit").json(), json!({"type": "exit", "exit_code": 5}));
+    assert_eq!(
+        frames.first().cloned().expect("started").json()["type"],
+        "started"
+    );
+    assert_eq!(
+        frames.last().cloned().expect("exit").json(),
+        json!({"type": "exit", "exit_code": 5})
+    );
 }
 
 async fn scope_and_state(c: &Ctx<'_>) {
     // Another team's key sees no such capsule, on REST and on sockets.
-    let bob = c.p.cp().tenant("bob").await;
-    let resp = c
-        .p
-        .cp()
-        .http
-        .post(c.p.cp().url(&format!("/v1/capsules/{}/exec", c.id)))
-        .header("X-API-Key", &bob.api_key)
-        .json(&json!({"cmd": "/bin/true"}))
-        .send()
-        .await
-        .expect("exec");
+    let bob = c.p.cp.tenant("bob").await;
+    let resp =
+        c.p.cp
+            .http
+            .post(c.p.cp.url(&format!("/v1/capsules/{}/exec", c.id)))
+            .header("X-API-Key", &bob.api_key)
+            .json(&json!({"cmd": "/bin/true"}))
+            .send()
+            .await
+            .expect("exec");
     assert_eq!(resp.status(), 404);
-    let mut ws = ws_connect(&ws_url(c.p.cp(), &format!("/v1/capsules/{}/pty", c.id)), Some(&bob.api_key))
-        .await
-        .expect("upgrade");
+    let mut ws = ws_connect(
+        &ws_url(&c.p.cp, &format!("/v1/capsules/{}/pty", c.id)),
+        Some(&bob.api_key),
+    )
+    .await
+    .expect("upgrade");
     send_json(&mut ws, json!({"type": "start"})).await;
     let frames = frames_until_close(&mut ws, FRAME_WAIT).await;
     let err = frames.first().cloned().expect("error").json();
-    assert_eq!((&err["type"], &err["fatal"]), (&json!("error"), &json!(true)), "{err}");
+    assert_eq!(
+        (&err["type"], &err["fatal"]),
+        (&json!("error"), &json!(true)),
+        "{err}"
+    );
 
     // A capsule that is not running: 409 invalid_state; error frames on sockets.
-    set_status(c.p.cp(), &c.id, "paused").await;
+    set_status(&c.p.cp, &c.id, "paused").await;
     let (status, body) = c.exec(json!({"cmd": "/bin/true"})).await;
-    assert_eq!((status, error_code(&body)), (409, "invalid_state"), "{body}");
+    assert_eq!(
+        (status, error_code(&body)),
+        (409, "invalid_state"),
+        "{body}"
+    );
     let mut ws = c.ws("/exec/stream").await;
     send_json(&mut ws, json!({"type": "start", "cmd": "/bin/true"})).await;
     let frames = frames_until_close(&mut ws, FRAME_WAIT).await;
     let err = frames.first().cloned().expect("error").json();
     assert_eq!(err["type"], "error");
-    assert!(err["data"].as_str().unwrap_or_default().contains("not running"), "{err}");
-    set_status(c.p.cp(), &c.id, "running").await;
+    assert!(
+        err["data"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("not running"),
+        "{err}"
+    );
+    set_status(&c.p.cp, &c.id, "running").await;
 }
 
 /// Polls `check` for up to 30 s.

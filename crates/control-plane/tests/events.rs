@@ -9,7 +9,7 @@ use futures::{Stream, StreamExt};
 use serde_json::Value;
 use std::pin::Pin;
 use std::time::Duration;
-use support::{TestApp, Tenant};
+use support::{Tenant, TestApp};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use uuid::Uuid;
 use wrenn_api_types::Metadata;
@@ -120,7 +120,12 @@ async fn wait_for_listener(t: &TestApp) {
     let mut rx = t.app.events.subscribe();
     let probe_team = Uuid::new_v4();
     for _ in 0..40 {
-        events::publish(&t.app.db, probe_team, &host_event(EventKind::HostUp, "probe")).await;
+        events::publish(
+            &t.app.db,
+            probe_team,
+            &host_event(EventKind::HostUp, "probe"),
+        )
+        .await;
         let got = tokio::time::timeout(Duration::from_millis(250), async {
             loop {
                 match rx.recv().await {

@@ -9,7 +9,7 @@ use fake_agent::FakeAgent;
 use serde_json::Value;
 use sqlx::PgPool;
 use std::sync::{Arc, Mutex};
-use support::{TestApp, Tenant};
+use support::{Tenant, TestApp};
 use tower::ServiceExt;
 use uuid::Uuid;
 use wrenn_api_types::capsule::{CapsuleMetrics, CapsuleStats, UsageResponse};
@@ -40,7 +40,14 @@ async fn assert_error(t: &TestApp, tenant: &Tenant, path: &str, status: u16, cod
 }
 
 /// A capsule row; returns its public id.
-async fn capsule(db: &PgPool, team: Uuid, status: &str, vcpus: i32, memory_mb: i32, host: Option<Uuid>) -> String {
+async fn capsule(
+    db: &PgPool,
+    team: Uuid,
+    status: &str,
+    vcpus: i32,
+    memory_mb: i32,
+    host: Option<Uuid>,
+) -> String {
     let id = Uuid::new_v4();
     sqlx::query(
         "INSERT INTO sandboxes (id, team_id, host_id, status, vcpus, memory_mb) VALUES ($1, $2, $3, $4, $5, $6)",
@@ -57,7 +64,14 @@ async fn capsule(db: &PgPool, team: Uuid, status: &str, vcpus: i32, memory_mb: i
     ids::encode(IdKind::Capsule, id)
 }
 
-async fn sample(db: &PgPool, team: Uuid, at: DateTime<Utc>, running: i32, vcpus: i32, memory_mb: i32) {
+async fn sample(
+    db: &PgPool,
+    team: Uuid,
+    at: DateTime<Utc>,
+    running: i32,
+    vcpus: i32,
+    memory_mb: i32,
+) {
     sqlx::query(
         "INSERT INTO sandbox_metrics_snapshots (team_id, sampled_at, running_count, vcpus_reserved, memory_mb_reserved)
          VALUES ($1, $2, $3, $4, $5)",
@@ -94,16 +108,25 @@ async fn stats_and_usage_are_not_taken_for_capsule_ids(db: PgPool) {
     assert_eq!(usage.points.len(), 30);
     // And next to a `/capsules/{id}` route, as the capsule routes define it.
     let router = Router::new()
-        .route("/capsules/{id}", axum::routing::get(|| async { "a capsule" }))
+        .route(
+            "/capsules/{id}",
+            axum::routing::get(|| async { "a capsule" }),
+        )
         .merge(wrenn_control_plane::api::metrics::routes())
         .with_state(t.app.clone());
-    for (path, marker) in [("/capsules/stats", "\"range\""), ("/capsules/usage", "\"points\""), ("/capsules/cl-x", "a capsule")] {
+    for (path, marker) in [
+        ("/capsules/stats", "\"range\""),
+        ("/capsules/usage", "\"points\""),
+        ("/capsules/cl-x", "a capsule"),
+    ] {
         let req = axum::http::Request::get(path)
             .header("X-API-Key", &alice.api_key)
             .body(axum::body::Body::empty())
             .expect("request");
         let resp = router.clone().oneshot(req).await.expect("response");
-        let body = axum::body::to_bytes(resp.into_body(), 1 << 20).await.expect("body");
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .expect("body");
         let text = String::from_utf8_lossy(&body);
         assert!(text.contains(marker), "{path}: {text}");
     }
@@ -136,10 +159,21 @@ async fn stats_report_live_reservations_peaks_and_buckets(db: PgPool) {
     let stats: CapsuleStats = get_json(&t, &alice, "/v1/capsules/stats").await;
     assert_eq!(stats.range, "1h");
     assert_eq!(
-        (stats.current.running_count, stats.current.vcpus_reserved, stats.current.memory_mb_reserved),
+        (
+            stats.current.running_count,
+            stats.current.vcpus_reserved,
+            stats.current.memory_mb_reserved
+        ),
         (3, 4, 1024 + 512 + 256 + 512)
     );
-    assert_eq!((stats.peaks.running_count, stats.peaks.vcpus, stats.peaks.memory_mb), (9, 8, 4096));
+    assert_eq!(
+        (
+            stats.peaks.running_count,
+            stats.peaks.vcpus,
+            stats.peaks.memory_mb
+        ),
+        (9, 8, 4096)
+    );
     let s = &stats.series;
     assert!(s.labels.len() >= 2, "{s:?}");
     assert_eq!(s.labels.len(), s.running.len());
@@ -158,12 +192,26 @@ async fn stats_report_live_reservations_peaks_and_buckets(db: PgPool) {
     assert!(month.series.running.contains(&9), "{:?}", month.series);
     assert!(!month.series.running.contains(&50), "{:?}", month.series);
     let five: CapsuleStats = get_json(&t, &alice, "/v1/capsules/stats?range=5m").await;
-    assert!(five.series.running.iter().all(|&r| r == 3), "{:?}", five.series);
+    assert!(
+        five.series.running.iter().all(|&r| r == 3),
+        "{:?}",
+        five.series
+    );
 
-    assert_error(&t, &alice, "/v1/capsules/stats?range=2h", 400, "invalid_request").await;
+    assert_error(
+        &t,
+        &alice,
+        "/v1/capsules/stats?range=2h",
+        400,
+        "invalid_request",
+    )
+    .await;
     // Bob sees only his own.
     let bobs: CapsuleStats = get_json(&t, &bob, "/v1/capsules/stats").await;
-    assert_eq!((bobs.current.running_count, bobs.current.vcpus_reserved), (1, 16));
+    assert_eq!(
+        (bobs.current.running_count, bobs.current.vcpus_reserved),
+        (1, 16)
+    );
     assert_eq!(bobs.peaks.running_count, 1);
 }
 
@@ -183,11 +231,27 @@ async fn usage_has_every_day_from_rollups_and_samples(db: PgPool) {
     let ago = |n: u64| today().checked_sub_days(Days::new(n)).expect("date");
     // Yesterday: six samples (one minute) of 2 vCPUs and 600 MB → 2 CPU-minutes, 600 MB-minutes.
     for i in 0..6 {
-        sample(&db, team, day_start(ago(1)) + Duration::seconds(3600 + 10 * i), 1, 2, 600).await;
+        sample(
+            &db,
+            team,
+            day_start(ago(1)) + Duration::seconds(3600 + 10 * i),
+            1,
+            2,
+            600,
+        )
+        .await;
     }
     // Today so far: three samples of 4 vCPUs and 100 MB.
     for i in 0..3 {
-        sample(&db, team, day_start(ago(0)) + Duration::seconds(10 * i), 1, 4, 100).await;
+        sample(
+            &db,
+            team,
+            day_start(ago(0)) + Duration::seconds(10 * i),
+            1,
+            4,
+            100,
+        )
+        .await;
     }
     // Three days ago is rolled up already: the stored row wins over the samples.
     sample(&db, team, day_start(ago(3)), 1, 60, 60).await;
@@ -232,7 +296,12 @@ async fn usage_has_every_day_from_rollups_and_samples(db: PgPool) {
     assert_eq!(default.points.len(), 30);
     // A future end is allowed; those days are zero.
     let tomorrow = today().checked_add_days(Days::new(1)).expect("date");
-    let ahead: UsageResponse = get_json(&t, &alice, &format!("/v1/capsules/usage?from={}&to={tomorrow}", ago(0))).await;
+    let ahead: UsageResponse = get_json(
+        &t,
+        &alice,
+        &format!("/v1/capsules/usage?from={}&to={tomorrow}", ago(0)),
+    )
+    .await;
     assert_eq!(ahead.points.len(), 2);
     assert_eq!(ahead.points[1].cpu_minutes, 0.0);
 
@@ -242,9 +311,21 @@ async fn usage_has_every_day_from_rollups_and_samples(db: PgPool) {
         "?from=2026-1-01".to_string(),
         "?to=soon".to_string(),
     ] {
-        assert_error(&t, &alice, &format!("/v1/capsules/usage{bad}"), 400, "invalid_request").await;
+        assert_error(
+            &t,
+            &alice,
+            &format!("/v1/capsules/usage{bad}"),
+            400,
+            "invalid_request",
+        )
+        .await;
     }
-    let widest: UsageResponse = get_json(&t, &alice, &format!("/v1/capsules/usage?from={}&to={}", ago(92), ago(0))).await;
+    let widest: UsageResponse = get_json(
+        &t,
+        &alice,
+        &format!("/v1/capsules/usage?from={}&to={}", ago(92), ago(0)),
+    )
+    .await;
     assert_eq!(widest.points.len(), 93);
 }
 
@@ -257,8 +338,16 @@ async fn the_sampler_records_each_slot_once_and_prunes(db: PgPool) {
     capsule(&db, alice.team_id, "paused", 1, 1000, None).await;
     // A slot in the past, so the live sampler of `t` cannot have taken it.
     let at = Utc::now() - Duration::hours(3) + Duration::milliseconds(7_300);
-    assert_eq!(metrics::sample_reservations(&db, at).await.expect("sample"), 1);
-    assert_eq!(metrics::sample_reservations(&db, at + Duration::seconds(1)).await.expect("again"), 0);
+    assert_eq!(
+        metrics::sample_reservations(&db, at).await.expect("sample"),
+        1
+    );
+    assert_eq!(
+        metrics::sample_reservations(&db, at + Duration::seconds(1))
+            .await
+            .expect("again"),
+        0
+    );
     let rows: Vec<(Uuid, DateTime<Utc>, i32, i32, i32)> = sqlx::query_as(
         "SELECT team_id, sampled_at, running_count, vcpus_reserved, memory_mb_reserved
            FROM sandbox_metrics_snapshots WHERE sampled_at < now() - interval '1 hour'",
@@ -266,22 +355,27 @@ async fn the_sampler_records_each_slot_once_and_prunes(db: PgPool) {
     .fetch_all(&db)
     .await
     .expect("rows");
-    assert_eq!(rows, vec![(alice.team_id, metrics::sample_slot(at), 1, 2, 2548)]);
+    assert_eq!(
+        rows,
+        vec![(alice.team_id, metrics::sample_slot(at), 1, 2, 2548)]
+    );
     assert_eq!(metrics::sample_slot(at).timestamp() % 10, 0);
-    let idle_rows: i64 = sqlx::query_scalar("SELECT count(*) FROM sandbox_metrics_snapshots WHERE team_id = $1")
-        .bind(idle.team_id)
-        .fetch_one(&db)
-        .await
-        .expect("count");
+    let idle_rows: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM sandbox_metrics_snapshots WHERE team_id = $1")
+            .bind(idle.team_id)
+            .fetch_one(&db)
+            .await
+            .expect("count");
     assert_eq!(idle_rows, 0, "a team without capsules is not sampled");
 
     sample(&db, alice.team_id, Utc::now() - Duration::days(61), 1, 1, 1).await;
     sample(&db, alice.team_id, Utc::now() - Duration::days(59), 1, 1, 1).await;
     metrics::prune_samples(&db, 60).await.expect("prune");
-    let oldest: DateTime<Utc> = sqlx::query_scalar("SELECT min(sampled_at) FROM sandbox_metrics_snapshots")
-        .fetch_one(&db)
-        .await
-        .expect("oldest");
+    let oldest: DateTime<Utc> =
+        sqlx::query_scalar("SELECT min(sampled_at) FROM sandbox_metrics_snapshots")
+            .fetch_one(&db)
+            .await
+            .expect("oldest");
     assert!(oldest > Utc::now() - Duration::days(60));
 }
 
@@ -294,15 +388,20 @@ async fn paused_capsules_show_the_points_flushed_at_pause(db: PgPool) {
     let uuid = ids::decode(IdKind::Capsule, &id).expect("id");
     let end = 1_800_000_000;
     let flushed = pb::FlushSandboxMetricsResponse {
-        points_10m: (0..8).map(|i| point(end - 700 + 100 * i, i as f64)).collect(),
+        points_10m: (0..8)
+            .map(|i| point(end - 700 + 100 * i, i as f64))
+            .collect(),
         points_2h: vec![point(end - 5000, 10.0), point(end - 30, 20.0)],
         points_24h: vec![point(end - 80_000, 30.0)],
     };
     // Flushing twice (a retried pause) stores each point once.
     for _ in 0..2 {
-        metrics::persist_flush(&t.app, uuid, &flushed).await.expect("persist");
+        metrics::persist_flush(&t.app, uuid, &flushed)
+            .await
+            .expect("persist");
     }
-    let five: CapsuleMetrics = get_json(&t, &alice, &format!("/v1/capsules/{id}/metrics?range=5m")).await;
+    let five: CapsuleMetrics =
+        get_json(&t, &alice, &format!("/v1/capsules/{id}/metrics?range=5m")).await;
     assert_eq!(five.sandbox_id, id);
     assert_eq!(five.range, "5m");
     let ts: Vec<i64> = five.points.iter().map(|p| p.timestamp_unix).collect();
@@ -311,26 +410,56 @@ async fn paused_capsules_show_the_points_flushed_at_pause(db: PgPool) {
     assert_eq!(five.points[3].cpu_pct, 7.0);
     let default: CapsuleMetrics = get_json(&t, &alice, &format!("/v1/capsules/{id}/metrics")).await;
     assert_eq!((default.range.as_str(), default.points.len()), ("10m", 7));
-    let hour: CapsuleMetrics = get_json(&t, &alice, &format!("/v1/capsules/{id}/metrics?range=1h")).await;
-    assert_eq!(hour.points.iter().map(|p| p.cpu_pct).collect::<Vec<_>>(), vec![20.0]);
-    let two: CapsuleMetrics = get_json(&t, &alice, &format!("/v1/capsules/{id}/metrics?range=2h")).await;
+    let hour: CapsuleMetrics =
+        get_json(&t, &alice, &format!("/v1/capsules/{id}/metrics?range=1h")).await;
+    assert_eq!(
+        hour.points.iter().map(|p| p.cpu_pct).collect::<Vec<_>>(),
+        vec![20.0]
+    );
+    let two: CapsuleMetrics =
+        get_json(&t, &alice, &format!("/v1/capsules/{id}/metrics?range=2h")).await;
     assert_eq!(two.points.len(), 2);
-    let day: CapsuleMetrics = get_json(&t, &alice, &format!("/v1/capsules/{id}/metrics?range=24h")).await;
+    let day: CapsuleMetrics =
+        get_json(&t, &alice, &format!("/v1/capsules/{id}/metrics?range=24h")).await;
     assert_eq!(day.points.len(), 1);
 
-    assert_error(&t, &alice, &format!("/v1/capsules/{id}/metrics?range=3h"), 400, "invalid_request").await;
-    assert_error(&t, &bob, &format!("/v1/capsules/{id}/metrics"), 404, "not_found").await;
+    assert_error(
+        &t,
+        &alice,
+        &format!("/v1/capsules/{id}/metrics?range=3h"),
+        400,
+        "invalid_request",
+    )
+    .await;
+    assert_error(
+        &t,
+        &bob,
+        &format!("/v1/capsules/{id}/metrics"),
+        404,
+        "not_found",
+    )
+    .await;
     assert_error(&t, &alice, "/v1/capsules/cl-nope/metrics", 404, "not_found").await;
     let stopped = capsule(&db, alice.team_id, "stopped", 1, 512, None).await;
-    assert_error(&t, &alice, &format!("/v1/capsules/{stopped}/metrics"), 404, "not_found").await;
+    assert_error(
+        &t,
+        &alice,
+        &format!("/v1/capsules/{stopped}/metrics"),
+        404,
+        "not_found",
+    )
+    .await;
 
     // Destroying keeps only the 24-hour tier.
-    metrics::discard_fine_points(&t.app, uuid).await.expect("discard");
-    let tiers: Vec<String> = sqlx::query_scalar("SELECT DISTINCT tier FROM sandbox_metric_points WHERE sandbox_id = $1")
-        .bind(uuid)
-        .fetch_all(&db)
+    metrics::discard_fine_points(&t.app, uuid)
         .await
-        .expect("tiers");
+        .expect("discard");
+    let tiers: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT tier FROM sandbox_metric_points WHERE sandbox_id = $1")
+            .bind(uuid)
+            .fetch_all(&db)
+            .await
+            .expect("tiers");
     assert_eq!(tiers, vec!["24h".to_string()]);
 }
 
@@ -340,32 +469,54 @@ async fn running_capsules_are_read_from_their_agent(db: PgPool) {
     let alice = t.tenant("alice").await;
     let asked: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
     let seen = asked.clone();
-    let router = fake_agent::unary(Router::new(), "GetSandboxMetrics", move |req: pb::GetSandboxMetricsRequest| {
-        let seen = seen.clone();
-        async move {
-            seen.lock().expect("lock").push((req.sandbox_id, req.range));
-            Ok(pb::GetSandboxMetricsResponse {
-                points: vec![point(100, 12.5), point(130, 50.0)],
-            })
-        }
-    });
+    let router = fake_agent::unary(
+        Router::new(),
+        "GetSandboxMetrics",
+        move |req: pb::GetSandboxMetricsRequest| {
+            let seen = seen.clone();
+            async move {
+                seen.lock().expect("lock").push((req.sandbox_id, req.range));
+                Ok(pb::GetSandboxMetricsResponse {
+                    points: vec![point(100, 12.5), point(130, 50.0)],
+                })
+            }
+        },
+    );
     let agent = FakeAgent::start(&db, router).await;
     let id = capsule(&db, alice.team_id, "running", 1, 512, Some(agent.host_id)).await;
-    let m: CapsuleMetrics = get_json(&t, &alice, &format!("/v1/capsules/{id}/metrics?range=2h")).await;
+    let m: CapsuleMetrics =
+        get_json(&t, &alice, &format!("/v1/capsules/{id}/metrics?range=2h")).await;
     assert_eq!(m.range, "2h");
-    assert_eq!(m.points.iter().map(|p| p.cpu_pct).collect::<Vec<_>>(), vec![12.5, 50.0]);
-    assert_eq!(*asked.lock().expect("lock"), vec![(id.clone(), "2h".to_string())]);
+    assert_eq!(
+        m.points.iter().map(|p| p.cpu_pct).collect::<Vec<_>>(),
+        vec![12.5, 50.0]
+    );
+    assert_eq!(
+        *asked.lock().expect("lock"),
+        vec![(id.clone(), "2h".to_string())]
+    );
 
     // An agent that no longer knows the capsule: not_found, not a server error.
-    let gone = fake_agent::unary(Router::new(), "GetSandboxMetrics", |_: pb::GetSandboxMetricsRequest| async {
-        Err::<pb::GetSandboxMetricsResponse, _>(wrenn_protocol::connect::Error::new(
-            wrenn_protocol::connect::Code::NotFound,
-            "no such sandbox",
-        ))
-    });
+    let gone = fake_agent::unary(
+        Router::new(),
+        "GetSandboxMetrics",
+        |_: pb::GetSandboxMetricsRequest| async {
+            Err::<pb::GetSandboxMetricsResponse, _>(wrenn_protocol::connect::Error::new(
+                wrenn_protocol::connect::Code::NotFound,
+                "no such sandbox",
+            ))
+        },
+    );
     let agent2 = FakeAgent::start(&db, gone).await;
     let lost = capsule(&db, alice.team_id, "running", 1, 512, Some(agent2.host_id)).await;
-    assert_error(&t, &alice, &format!("/v1/capsules/{lost}/metrics"), 404, "not_found").await;
+    assert_error(
+        &t,
+        &alice,
+        &format!("/v1/capsules/{lost}/metrics"),
+        404,
+        "not_found",
+    )
+    .await;
 }
 
 const SDK_SCRIPT: &str = r#"
@@ -385,7 +536,9 @@ print(json.dumps(out))
 #[sqlx::test(migrator = "wrenn_control_plane::db::MIGRATOR")]
 async fn the_python_sdk_accepts_stats_usage_and_metrics(db: PgPool) {
     let Ok(python) = std::env::var("WRENN_SDK_PYTHON") else {
-        eprintln!("SKIP the_python_sdk_accepts_stats_usage_and_metrics: WRENN_SDK_PYTHON is not set");
+        eprintln!(
+            "SKIP the_python_sdk_accepts_stats_usage_and_metrics: WRENN_SDK_PYTHON is not set"
+        );
         return;
     };
     let t = TestApp::start(db.clone()).await;
@@ -397,8 +550,18 @@ async fn the_python_sdk_accepts_stats_usage_and_metrics(db: PgPool) {
         points_10m: vec![point(1000, 1.5), point(1001, 99.0)],
         ..Default::default()
     };
-    metrics::persist_flush(&t.app, uuid, &flushed).await.expect("persist");
-    sample(&db, alice.team_id, Utc::now() - Duration::minutes(5), 1, 2, 1024).await;
+    metrics::persist_flush(&t.app, uuid, &flushed)
+        .await
+        .expect("persist");
+    sample(
+        &db,
+        alice.team_id,
+        Utc::now() - Duration::minutes(5),
+        1,
+        2,
+        1024,
+    )
+    .await;
     let out = tokio::time::timeout(
         std::time::Duration::from_secs(60),
         tokio::process::Command::new(python)
@@ -413,12 +576,20 @@ async fn the_python_sdk_accepts_stats_usage_and_metrics(db: PgPool) {
     .await
     .expect("the SDK finishes within 60 s")
     .expect("python");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(v["stats"]["range"], "1h");
     assert_eq!(v["stats"]["current"]["running_count"], 1);
     assert_eq!(v["stats"]["current"]["memory_mb_reserved"], 1024 + 256);
-    assert!(v["stats"]["series"]["labels"][0].as_str().is_some_and(|l| l.ends_with('Z')));
+    assert!(
+        v["stats"]["series"]["labels"][0]
+            .as_str()
+            .is_some_and(|l| l.ends_with('Z'))
+    );
     assert_eq!(v["stats_30d"]["range"], "30d");
     assert_eq!(v["usage"]["points"].as_array().map(Vec::len), Some(30));
     assert_eq!(v["usage"]["to"], today().to_string());

@@ -21,7 +21,10 @@ fn routes_in_source() -> BTreeSet<(String, String)> {
     let mut routes = BTreeSet::new();
     for entry in std::fs::read_dir(&dir).expect("src/api") {
         let path = entry.expect("entry").path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
         if !name.ends_with(".rs") || name == "mod.rs" || name == "docs.rs" {
             continue;
         }
@@ -79,7 +82,12 @@ fn has_call(text: &str, name: &str) -> bool {
 }
 
 async fn spec_json(t: &TestApp) -> Value {
-    let resp = t.http.get(t.url("/openapi.json")).send().await.expect("send");
+    let resp = t
+        .http
+        .get(t.url("/openapi.json"))
+        .send()
+        .await
+        .expect("send");
     assert_eq!(resp.status(), 200);
     resp.json().await.expect("the spec is JSON")
 }
@@ -100,13 +108,20 @@ fn operations(spec: &Value) -> BTreeSet<(String, String)> {
 async fn the_spec_documents_every_route_and_only_served_ones(db: sqlx::PgPool) {
     let t = TestApp::start(db).await;
     let spec = spec_json(&t).await;
-    assert!(spec["openapi"].as_str().is_some_and(|v| v.starts_with("3.")));
+    assert!(
+        spec["openapi"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("3."))
+    );
     let documented = operations(&spec);
     assert!(documented.contains(&("post".to_string(), "/v1/capsules".to_string())));
     assert!(documented.contains(&("get".to_string(), "/v1/events/stream".to_string())));
 
     let served = routes_in_source();
-    assert!(served.len() > 20, "the route scan found too little: {served:?}");
+    assert!(
+        served.len() > 20,
+        "the route scan found too little: {served:?}"
+    );
     let undocumented: Vec<_> = served
         .iter()
         .filter(|(m, p)| !documented.contains(&(m.clone(), p.clone())))
@@ -173,10 +188,19 @@ async fn security_schemes_are_defined_and_used_consistently(db: sqlx::PgPool) {
          host_token): {unknown:#?}"
     );
     // The SDK's routes accept an API key.
-    for path in ["/v1/capsules", "/v1/capsules/stats", "/v1/snapshots", "/v1/events/stream"] {
+    for path in [
+        "/v1/capsules",
+        "/v1/capsules/stats",
+        "/v1/snapshots",
+        "/v1/events/stream",
+    ] {
         let security = &spec["paths"][path]["get"]["security"];
         assert!(
-            security.as_array().into_iter().flatten().any(|r| r.get("api_key").is_some()),
+            security
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|r| r.get("api_key").is_some()),
             "{path}: {security}"
         );
     }
@@ -186,7 +210,12 @@ async fn security_schemes_are_defined_and_used_consistently(db: sqlx::PgPool) {
 async fn yaml_matches_json_and_schemas_are_included(db: sqlx::PgPool) {
     let t = TestApp::start(db).await;
     let json = spec_json(&t).await;
-    let resp = t.http.get(t.url("/openapi.yaml")).send().await.expect("send");
+    let resp = t
+        .http
+        .get(t.url("/openapi.yaml"))
+        .send()
+        .await
+        .expect("send");
     assert_eq!(resp.status(), 200);
     assert!(
         resp.headers()
@@ -194,15 +223,28 @@ async fn yaml_matches_json_and_schemas_are_included(db: sqlx::PgPool) {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.contains("yaml"))
     );
-    let yaml: Value = serde_norway::from_str(&resp.text().await.expect("text")).expect("the spec is YAML");
+    let yaml: Value =
+        serde_norway::from_str(&resp.text().await.expect("text")).expect("the spec is YAML");
     assert_eq!(yaml, json);
     let schemas = &json["components"]["schemas"];
-    for name in ["Capsule", "CapsuleStats", "UsageResponse", "CapsuleMetrics", "Template", "Event", "ErrorBody"] {
+    for name in [
+        "Capsule",
+        "CapsuleStats",
+        "UsageResponse",
+        "CapsuleMetrics",
+        "Template",
+        "Event",
+        "ErrorBody",
+    ] {
         assert!(schemas.get(name).is_some(), "schema {name} missing");
     }
     // The SDK's closed enums are spelled as it expects.
     let kinds = &schemas["EventKind"]["enum"];
-    assert!(kinds.as_array().is_some_and(|k| k.len() == 10 && k.contains(&Value::from("capsule.state.changed"))));
+    assert!(
+        kinds
+            .as_array()
+            .is_some_and(|k| k.len() == 10 && k.contains(&Value::from("capsule.state.changed")))
+    );
 }
 
 #[sqlx::test(migrator = "wrenn_control_plane::db::MIGRATOR")]
@@ -214,15 +256,28 @@ async fn docs_page_is_self_contained(db: sqlx::PgPool) {
     assert_eq!(resp.url().path(), "/docs/");
     let html = resp.text().await.expect("html");
     assert!(html.contains("swagger-ui"), "{html}");
-    for tag in html.split("<script").skip(1).chain(html.split("<link").skip(1)) {
+    for tag in html
+        .split("<script")
+        .skip(1)
+        .chain(html.split("<link").skip(1))
+    {
         let tag = tag.split('>').next().unwrap_or_default();
         assert!(
             !tag.contains("http://") && !tag.contains("https://") && !tag.contains("src=\"//"),
             "the page loads something from elsewhere: {tag}"
         );
     }
-    for asset in ["swagger-ui-bundle.js", "swagger-ui.css", "swagger-initializer.js"] {
-        let resp = t.http.get(t.url(&format!("/docs/{asset}"))).send().await.expect("send");
+    for asset in [
+        "swagger-ui-bundle.js",
+        "swagger-ui.css",
+        "swagger-initializer.js",
+    ] {
+        let resp = t
+            .http
+            .get(t.url(&format!("/docs/{asset}")))
+            .send()
+            .await
+            .expect("send");
         assert_eq!(resp.status(), 200, "{asset}");
         let body = resp.text().await.expect("asset");
         assert!(body.len() > 100, "{asset}");

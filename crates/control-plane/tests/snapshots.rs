@@ -8,7 +8,7 @@ use fake_agent::FakeAgent;
 use serde_json::Value;
 use sqlx::PgPool;
 use std::sync::{Arc, Mutex};
-use support::{TestApp, Tenant};
+use support::{Tenant, TestApp};
 use uuid::Uuid;
 use wrenn_api_types::snapshots::{Template, TemplateType};
 use wrenn_protocol::connect::{Code, Error};
@@ -76,17 +76,32 @@ async fn listing_shows_the_team_and_platform_templates(db: PgPool) {
     for name in ["minimal", "minimal-ubuntu", "nightly", "python-base"] {
         assert!(names.contains(&name), "{names:?}");
     }
-    let ubuntu = all.iter().find(|t| t.name == "minimal-ubuntu").expect("platform");
+    let ubuntu = all
+        .iter()
+        .find(|t| t.name == "minimal-ubuntu")
+        .expect("platform");
     assert!(ubuntu.platform && ubuntu.protected);
     assert_eq!(ubuntu.kind, TemplateType::Base);
     let nightly = all.iter().find(|t| t.name == "nightly").expect("snapshot");
     assert!(!nightly.platform && !nightly.protected);
     assert_eq!(nightly.kind, TemplateType::Snapshot);
-    assert_eq!((nightly.vcpus, nightly.memory_mb, nightly.size_bytes), (2, 1024, 4096));
-    assert_eq!(nightly.metadata.get("source").map(String::as_str), Some("cl-1"));
+    assert_eq!(
+        (nightly.vcpus, nightly.memory_mb, nightly.size_bytes),
+        (2, 1024, 4096)
+    );
+    assert_eq!(
+        nightly.metadata.get("source").map(String::as_str),
+        Some("cl-1")
+    );
 
     let snapshots = list(&t, &alice, "?type=snapshot").await;
-    assert_eq!(snapshots.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["nightly"]);
+    assert_eq!(
+        snapshots
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect::<Vec<_>>(),
+        ["nightly"]
+    );
     let bases = list(&t, &alice, "?type=base").await;
     assert!(bases.iter().all(|t| t.kind == TemplateType::Base) && bases.len() == 3);
 
@@ -117,13 +132,23 @@ async fn only_the_teams_unprotected_templates_can_be_deleted(db: PgPool) {
     let bobs = template(&db, bob.team_id, "bobs", "snapshot", None).await;
 
     let (status, body) = delete(&t, &alice, "nope").await;
-    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("not_found"))
+    );
     let (status, body) = delete(&t, &alice, "bobs").await;
-    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("not_found"))
+    );
     assert!(exists(&db, bobs).await);
     for name in ["minimal-ubuntu", "minimal", "guarded"] {
         let (status, body) = delete(&t, &alice, name).await;
-        assert_eq!((status, body["error"]["code"].as_str()), (403, Some("forbidden")), "{name}");
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (403, Some("forbidden")),
+            "{name}"
+        );
     }
     assert!(exists(&db, guarded).await);
 
@@ -140,7 +165,10 @@ async fn only_the_teams_unprotected_templates_can_be_deleted(db: PgPool) {
     .fetch_one(&db)
     .await
     .expect("one event");
-    assert_eq!((kind.as_str(), resource.as_str()), ("template.snapshot.delete", "python-base"));
+    assert_eq!(
+        (kind.as_str(), resource.as_str()),
+        ("template.snapshot.delete", "python-base")
+    );
     let audited: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM audit_logs WHERE team_id = $1 AND resource_type = 'snapshot' AND action = 'delete'",
     )
@@ -157,16 +185,20 @@ type Requests = Arc<Mutex<Vec<pb::DeleteSnapshotRequest>>>;
 async fn snapshot_agent(db: &PgPool, answer: Option<Code>) -> (FakeAgent, Requests) {
     let requests: Requests = Arc::default();
     let seen = requests.clone();
-    let router = fake_agent::unary(Router::new(), "DeleteSnapshot", move |req: pb::DeleteSnapshotRequest| {
-        let seen = seen.clone();
-        async move {
-            seen.lock().expect("lock").push(req);
-            match answer {
-                None => Ok(pb::DeleteSnapshotResponse {}),
-                Some(code) => Err(Error::new(code, "as the test wants")),
+    let router = fake_agent::unary(
+        Router::new(),
+        "DeleteSnapshot",
+        move |req: pb::DeleteSnapshotRequest| {
+            let seen = seen.clone();
+            async move {
+                seen.lock().expect("lock").push(req);
+                match answer {
+                    None => Ok(pb::DeleteSnapshotResponse {}),
+                    Some(code) => Err(Error::new(code, "as the test wants")),
+                }
             }
-        }
-    });
+        },
+    );
     (FakeAgent::start(db, router).await, requests)
 }
 
@@ -176,7 +208,14 @@ async fn a_snapshots_files_are_deleted_on_its_host_first(db: PgPool) {
     let alice = t.tenant("alice").await;
 
     let (agent, requests) = snapshot_agent(&db, None).await;
-    let id = template(&db, alice.team_id, "nightly", "snapshot", Some(agent.host_id)).await;
+    let id = template(
+        &db,
+        alice.team_id,
+        "nightly",
+        "snapshot",
+        Some(agent.host_id),
+    )
+    .await;
     assert_eq!(delete(&t, &alice, "nightly").await.0, 204);
     assert!(!exists(&db, id).await);
     {
@@ -185,8 +224,16 @@ async fn a_snapshots_files_are_deleted_on_its_host_first(db: PgPool) {
         #[allow(deprecated)]
         let name = seen[0].name.clone();
         assert_eq!(
-            (name.as_str(), seen[0].team_id.as_str(), seen[0].template_id.as_str()),
-            ("nightly", alice.team_id.to_string().as_str(), id.to_string().as_str())
+            (
+                name.as_str(),
+                seen[0].team_id.as_str(),
+                seen[0].template_id.as_str()
+            ),
+            (
+                "nightly",
+                alice.team_id.to_string().as_str(),
+                id.to_string().as_str()
+            )
         );
     }
 
@@ -198,9 +245,19 @@ async fn a_snapshots_files_are_deleted_on_its_host_first(db: PgPool) {
 
     // The host fails: the row stays so the delete can be retried.
     let (broken, _) = snapshot_agent(&db, Some(Code::Internal)).await;
-    let id = template(&db, alice.team_id, "monthly", "snapshot", Some(broken.host_id)).await;
+    let id = template(
+        &db,
+        alice.team_id,
+        "monthly",
+        "snapshot",
+        Some(broken.host_id),
+    )
+    .await;
     let (status, body) = delete(&t, &alice, "monthly").await;
-    assert_eq!((status, body["error"]["code"].as_str()), (502, Some("agent_error")));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (502, Some("agent_error"))
+    );
     assert!(exists(&db, id).await);
 
     // The host is offline: the row goes, the host is not called.
@@ -210,7 +267,14 @@ async fn a_snapshots_files_are_deleted_on_its_host_first(db: PgPool) {
         .execute(&db)
         .await
         .expect("offline");
-    let id = template(&db, alice.team_id, "yearly", "snapshot", Some(offline.host_id)).await;
+    let id = template(
+        &db,
+        alice.team_id,
+        "yearly",
+        "snapshot",
+        Some(offline.host_id),
+    )
+    .await;
     assert_eq!(delete(&t, &alice, "yearly").await.0, 204);
     assert!(!exists(&db, id).await);
     assert!(calls.lock().expect("lock").is_empty());
@@ -259,14 +323,28 @@ async fn the_python_sdk_lists_and_deletes(db: PgPool) {
     .await
     .expect("the SDK finishes within 60 s")
     .expect("python");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: Value = serde_json::from_slice(&out.stdout).expect("json");
     let all = v["all"].as_array().expect("array");
     assert_eq!(all.len(), 3);
-    let ubuntu = all.iter().find(|t| t["name"] == "minimal-ubuntu").expect("platform");
-    assert_eq!((ubuntu["platform"].as_bool(), ubuntu["protected"].as_bool()), (Some(true), Some(true)));
+    let ubuntu = all
+        .iter()
+        .find(|t| t["name"] == "minimal-ubuntu")
+        .expect("platform");
+    assert_eq!(
+        (ubuntu["platform"].as_bool(), ubuntu["protected"].as_bool()),
+        (Some(true), Some(true))
+    );
     assert_eq!(ubuntu["type"], "base");
-    assert!(ubuntu["created_at"].as_str().is_some_and(|s| s.ends_with('Z')));
+    assert!(
+        ubuntu["created_at"]
+            .as_str()
+            .is_some_and(|s| s.ends_with('Z'))
+    );
     assert_eq!(v["snapshots"], serde_json::json!(["nightly"]));
     assert_eq!(v["platform"], "forbidden");
     assert_eq!(v["unknown"], "not_found");

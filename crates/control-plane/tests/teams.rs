@@ -4,21 +4,8 @@
 mod support;
 
 use serde_json::{Value, json};
-use support::{Account, TestApp};
+use support::{Account, TestApp, json_of, status_and_code};
 use uuid::Uuid;
-
-async fn body(resp: reqwest::Response) -> Value {
-    resp.json().await.expect("json body")
-}
-
-async fn status_code(resp: reqwest::Response) -> (u16, String) {
-    let status = resp.status().as_u16();
-    let v: Value = resp.json().await.unwrap_or(Value::Null);
-    (
-        status,
-        v["error"]["code"].as_str().unwrap_or("").to_string(),
-    )
-}
 
 struct Client<'a> {
     t: &'a TestApp,
@@ -32,15 +19,7 @@ impl Client<'_> {
         path: &str,
         body: Option<Value>,
     ) -> reqwest::Response {
-        let mut req = self
-            .t
-            .http
-            .request(method, self.t.url(path))
-            .bearer_auth(&self.jwt);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        req.send().await.expect("send")
+        self.t.call(method, path, &self.jwt, body).await
     }
     async fn get(&self, path: &str) -> reqwest::Response {
         self.send(reqwest::Method::GET, path, None).await
@@ -69,7 +48,7 @@ async fn switched<'a>(t: &'a TestApp, a: &Account, team: &str) -> Client<'a> {
         .post("/v1/auth/switch-team", json!({ "team_id": team }))
         .await;
     assert_eq!(resp.status(), 200, "switch-team");
-    let v = body(resp).await;
+    let v = json_of(resp).await;
     Client {
         t,
         jwt: v["token"].as_str().expect("token").to_string(),
@@ -85,7 +64,7 @@ async fn team_lifecycle_members_and_roles(db: sqlx::PgPool) {
     let o = as_client(&t, &owner);
 
     // The default team from activation.
-    let teams = body(o.get("/v1/teams").await).await;
+    let teams = json_of(o.get("/v1/teams").await).await;
     let teams = teams.as_array().expect("array");
     assert_eq!(teams.len(), 1);
     assert_eq!(teams[0]["name"], "olga's Team");
@@ -96,14 +75,14 @@ async fn team_lifecycle_members_and_roles(db: sqlx::PgPool) {
     // Create: name rules, then 201 with the caller as owner.
     for bad in ["", "semi;colon", "a'b", &"x".repeat(129)] {
         assert_eq!(
-            status_code(o.post("/v1/teams", json!({"name": bad})).await).await,
+            status_and_code(o.post("/v1/teams", json!({"name": bad})).await).await,
             (400, "invalid_request".into()),
             "{bad:?}"
         );
     }
     let created = o.post("/v1/teams", json!({"name": "Research Lab"})).await;
     assert_eq!(created.status(), 201);
-    let team = body(created).await;
+    let team = json_of(created).await;
     let tid = team["id"].as_str().expect("id").to_string();
     assert_eq!(team["role"], "owner");
 
@@ -115,9 +94,9 @@ async fn team_lifecycle_members_and_roles(db: sqlx::PgPool) {
         )
         .await;
     assert_eq!(add.status(), 201);
-    assert_eq!(body(add).await["role"], "member");
+    assert_eq!(json_of(add).await["role"], "member");
     assert_eq!(
-        status_code(
+        status_and_code(
             o.post(
                 &format!("/v1/teams/{tid}/members"),
                 json!({"email": member.email})
@@ -128,7 +107,7 @@ async fn team_lifecycle_members_and_roles(db: sqlx::PgPool) {
         (409, "conflict".into())
     );
     assert_eq!(
-        status_code(
+        status_and_code(
             o.post(
                 &format!("/v1/teams/{tid}/members"),
                 json!({"email": "ghost@x.test"})
@@ -140,7 +119,7 @@ async fn team_lifecycle_members_and_roles(db: sqlx::PgPool) {
         404
     );
 
-    let detail = body(o.get(&format!("/v1/teams/{tid}")).await).await;
+    let detail = json_of(o.get(&format!("/v1/teams/{tid}")).await).await;
     assert_eq!(detail["team"]["name"], "Research Lab");
     let roles: Vec<(&str, &str)> = detail["members"]
         .as_array()
@@ -164,7 +143,7 @@ async fn team_lifecycle_members_and_roles(db: sqlx::PgPool) {
     // A member can read but not manage.
     let m = switched(&t, &member, &tid).await;
     assert_eq!(
-        body(m.get(&format!("/v1/teams/{tid}/members")).await)
+        json_of(m.get(&format!("/v1/teams/{tid}/members")).await)
             .await
             .as_array()
             .expect("members")
@@ -172,7 +151,7 @@ async fn team_lifecycle_members_and_roles(db: sqlx::PgPool) {
         2
     );
     assert_eq!(
-        status_code(
+        status_and_code(
             m.patch(&format!("/v1/teams/{tid}"), json!({"name": "Mine"}))
                 .await
         )
@@ -180,7 +159,7 @@ async fn team_lifecycle_members_and_roles(db: sqlx::PgPool) {
         (403, "forbidden".into())
     );
     assert_eq!(
-        status_code(
+        status_and_code(
             m.post(
                 &format!("/v1/teams/{tid}/members"),
                 json!({"email": third.email})
@@ -192,7 +171,7 @@ async fn team_lifecycle_members_and_roles(db: sqlx::PgPool) {
         403
     );
     assert_eq!(
-        status_code(m.delete(&format!("/v1/teams/{tid}")).await)
+        status_and_code(m.delete(&format!("/v1/teams/{tid}")).await)
             .await
             .0,
         403
@@ -206,7 +185,7 @@ async fn team_lifecycle_members_and_roles(db: sqlx::PgPool) {
         )
         .await;
     assert_eq!(promote.status(), 200);
-    assert_eq!(body(promote).await["role"], "admin");
+    assert_eq!(json_of(promote).await["role"], "admin");
     assert_eq!(
         m.patch(&format!("/v1/teams/{tid}"), json!({"name": "Renamed Lab"}))
             .await
@@ -224,13 +203,13 @@ async fn team_lifecycle_members_and_roles(db: sqlx::PgPool) {
     );
     // But an admin still cannot delete the team, nor touch the owner.
     assert_eq!(
-        status_code(m.delete(&format!("/v1/teams/{tid}")).await)
+        status_and_code(m.delete(&format!("/v1/teams/{tid}")).await)
             .await
             .0,
         403
     );
     assert_eq!(
-        status_code(
+        status_and_code(
             m.patch(
                 &format!("/v1/teams/{tid}/members/{}", owner.user_id),
                 json!({"role": "member"})
@@ -242,7 +221,7 @@ async fn team_lifecycle_members_and_roles(db: sqlx::PgPool) {
         403
     );
     assert_eq!(
-        status_code(
+        status_and_code(
             m.delete(&format!("/v1/teams/{tid}/members/{}", owner.user_id))
                 .await
         )
@@ -251,7 +230,7 @@ async fn team_lifecycle_members_and_roles(db: sqlx::PgPool) {
         403
     );
     assert_eq!(
-        status_code(
+        status_and_code(
             o.patch(
                 &format!("/v1/teams/{tid}/members/{}", third.user_id),
                 json!({"role": "owner"})
@@ -263,7 +242,7 @@ async fn team_lifecycle_members_and_roles(db: sqlx::PgPool) {
         400
     );
     assert_eq!(
-        status_code(
+        status_and_code(
             o.patch(
                 &format!("/v1/teams/{tid}/members/{}", third.user_id),
                 json!({"role": "boss"})
@@ -277,7 +256,7 @@ async fn team_lifecycle_members_and_roles(db: sqlx::PgPool) {
 
     // The owner cannot leave; others can, and their session for the team dies at once.
     assert_eq!(
-        status_code(o.post(&format!("/v1/teams/{tid}/leave"), json!({})).await)
+        status_and_code(o.post(&format!("/v1/teams/{tid}/leave"), json!({})).await)
             .await
             .0,
         403
@@ -299,7 +278,7 @@ async fn team_lifecycle_members_and_roles(db: sqlx::PgPool) {
     );
     assert_eq!(m.get(&format!("/v1/teams/{tid}")).await.status(), 401);
     assert_eq!(
-        status_code(
+        status_and_code(
             o.delete(&format!("/v1/teams/{tid}/members/{}", member.user_id))
                 .await
         )
@@ -310,7 +289,7 @@ async fn team_lifecycle_members_and_roles(db: sqlx::PgPool) {
 
     // Membership changes are audited (admin scope: visible to the owner).
     let ot = switched(&t, &owner, &tid).await;
-    let log = body(ot.get("/v1/audit-logs?resource_type=member,team").await).await;
+    let log = json_of(ot.get("/v1/audit-logs?resource_type=member,team").await).await;
     let actions: Vec<&str> = log["items"]
         .as_array()
         .expect("items")
@@ -344,10 +323,10 @@ async fn teams_and_keys_are_isolated(db: sqlx::PgPool) {
         format!("/v1/teams/{other}"),
         format!("/v1/teams/{other}/members"),
     ] {
-        assert_eq!(status_code(ca.get(&path).await).await.0, 404, "{path}");
+        assert_eq!(status_and_code(ca.get(&path).await).await.0, 404, "{path}");
     }
     assert_eq!(
-        status_code(
+        status_and_code(
             ca.patch(&format!("/v1/teams/{other}"), json!({"name": "Mine"}))
                 .await
         )
@@ -356,13 +335,13 @@ async fn teams_and_keys_are_isolated(db: sqlx::PgPool) {
         404
     );
     assert_eq!(
-        status_code(ca.delete(&format!("/v1/teams/{other}")).await)
+        status_and_code(ca.delete(&format!("/v1/teams/{other}")).await)
             .await
             .0,
         404
     );
     assert_eq!(
-        status_code(
+        status_and_code(
             ca.post(
                 &format!("/v1/teams/{other}/members"),
                 json!({"email": a.email})
@@ -374,7 +353,7 @@ async fn teams_and_keys_are_isolated(db: sqlx::PgPool) {
         404
     );
     assert_eq!(
-        status_code(
+        status_and_code(
             ca.post(&format!("/v1/teams/{other}/leave"), json!({}))
                 .await
         )
@@ -383,19 +362,21 @@ async fn teams_and_keys_are_isolated(db: sqlx::PgPool) {
         404
     );
     assert_eq!(
-        status_code(ca.get("/v1/teams/team-garbage").await).await.0,
+        status_and_code(ca.get("/v1/teams/team-garbage").await)
+            .await
+            .0,
         404
     );
 
     // Keys: each team lists its own; another team's key cannot be revoked.
-    let kb = body(cb.post("/v1/api-keys", json!({"name": "bert's key"})).await).await;
-    let ka = body(
+    let kb = json_of(cb.post("/v1/api-keys", json!({"name": "bert's key"})).await).await;
+    let ka = json_of(
         ca.post("/v1/api-keys", json!({"name": "  anna's key  "}))
             .await,
     )
     .await;
     assert_eq!(ka["name"], "anna's key");
-    let list_a = body(ca.get("/v1/api-keys").await).await;
+    let list_a = json_of(ca.get("/v1/api-keys").await).await;
     let names: Vec<&str> = list_a
         .as_array()
         .expect("keys")
@@ -405,7 +386,7 @@ async fn teams_and_keys_are_isolated(db: sqlx::PgPool) {
     assert_eq!(names, ["anna's key"]);
     let kb_id = kb["id"].as_str().expect("id");
     assert_eq!(
-        status_code(ca.delete(&format!("/v1/api-keys/{kb_id}")).await)
+        status_and_code(ca.delete(&format!("/v1/api-keys/{kb_id}")).await)
             .await
             .0,
         404
@@ -423,7 +404,7 @@ async fn teams_and_keys_are_isolated(db: sqlx::PgPool) {
         "untouched"
     );
     assert_eq!(
-        status_code(
+        status_and_code(
             ca.post("/v1/api-keys", json!({"name": "n".repeat(129)}))
                 .await
         )
@@ -433,7 +414,7 @@ async fn teams_and_keys_are_isolated(db: sqlx::PgPool) {
     );
 
     // The audit log is per team.
-    let log_a = body(ca.get("/v1/audit-logs").await).await;
+    let log_a = json_of(ca.get("/v1/audit-logs").await).await;
     assert!(
         log_a["items"]
             .as_array()
@@ -448,10 +429,10 @@ async fn deleting_a_team_stops_its_capsules_and_keys(db: sqlx::PgPool) {
     let (t, outbox) = TestApp::start_capturing(db).await;
     let owner = t.register(&outbox, "owen").await;
     let o = as_client(&t, &owner);
-    let team = body(o.post("/v1/teams", json!({"name": "Doomed"})).await).await;
+    let team = json_of(o.post("/v1/teams", json!({"name": "Doomed"})).await).await;
     let tid = team["id"].as_str().expect("id").to_string();
     let ot = switched(&t, &owner, &tid).await;
-    let key = body(ot.post("/v1/api-keys", json!({})).await).await;
+    let key = json_of(ot.post("/v1/api-keys", json!({})).await).await;
     let key = key["key"].as_str().expect("key").to_string();
 
     let team_uuid: Uuid =
@@ -483,7 +464,7 @@ async fn deleting_a_team_stops_its_capsules_and_keys(db: sqlx::PgPool) {
     );
     let m = switched(&t, &member, &tid).await;
     assert_eq!(
-        status_code(m.delete(&format!("/v1/teams/{tid}")).await).await,
+        status_and_code(m.delete(&format!("/v1/teams/{tid}")).await).await,
         (403, "forbidden".into())
     );
     assert_eq!(o.delete(&format!("/v1/teams/{tid}")).await.status(), 204);
@@ -510,7 +491,7 @@ async fn deleting_a_team_stops_its_capsules_and_keys(db: sqlx::PgPool) {
         401,
         "sessions for the deleted team end"
     );
-    let left = body(o.get("/v1/teams").await).await;
+    let left = json_of(o.get("/v1/teams").await).await;
     assert!(
         left.as_array()
             .expect("teams")
@@ -518,7 +499,7 @@ async fn deleting_a_team_stops_its_capsules_and_keys(db: sqlx::PgPool) {
             .all(|t| t["id"] != tid.as_str())
     );
     assert_eq!(
-        status_code(o.delete(&format!("/v1/teams/{tid}")).await)
+        status_and_code(o.delete(&format!("/v1/teams/{tid}")).await)
             .await
             .0,
         404
@@ -531,7 +512,7 @@ async fn deleting_a_team_stops_its_capsules_and_keys(db: sqlx::PgPool) {
             .status(),
         204
     );
-    let login = body(
+    let login = json_of(
         t.http
             .post(t.url("/v1/auth/login"))
             .json(&json!({"email": owner.email, "password": owner.password}))
@@ -545,7 +526,7 @@ async fn deleting_a_team_stops_its_capsules_and_keys(db: sqlx::PgPool) {
         t: &t,
         jwt: login["token"].as_str().expect("token").to_string(),
     };
-    let teams = body(fresh.get("/v1/teams").await).await;
+    let teams = json_of(fresh.get("/v1/teams").await).await;
     assert_eq!(teams.as_array().expect("teams").len(), 1);
 }
 
@@ -568,11 +549,14 @@ async fn user_search_needs_an_at_sign_and_caps_results(db: sqlx::PgPool) {
         .expect("disabled user");
     let c = as_client(&t, &me);
     assert_eq!(
-        status_code(c.get("/v1/users/search?email=user").await).await,
+        status_and_code(c.get("/v1/users/search?email=user").await).await,
         (400, "invalid_request".into())
     );
-    assert_eq!(status_code(c.get("/v1/users/search").await).await.0, 400);
-    let hits = body(c.get("/v1/users/search?email=USER00%40").await).await;
+    assert_eq!(
+        status_and_code(c.get("/v1/users/search").await).await.0,
+        400
+    );
+    let hits = json_of(c.get("/v1/users/search?email=USER00%40").await).await;
     let emails: Vec<&str> = hits
         .as_array()
         .expect("hits")
@@ -580,12 +564,12 @@ async fn user_search_needs_an_at_sign_and_caps_results(db: sqlx::PgPool) {
         .map(|h| h["email"].as_str().expect("email"))
         .collect();
     assert_eq!(emails, ["user00@corp.test"]);
-    let hits = body(c.get("/v1/users/search?email=%40corp").await).await;
+    let hits = json_of(c.get("/v1/users/search?email=%40corp").await).await;
     assert!(
         hits.as_array().expect("hits").is_empty(),
         "a prefix, not a substring"
     );
-    let wildcard = body(c.get("/v1/users/search?email=user__%40corp.test").await).await;
+    let wildcard = json_of(c.get("/v1/users/search?email=user__%40corp.test").await).await;
     assert!(
         wildcard.as_array().expect("hits").is_empty(),
         "LIKE wildcards are literal"
@@ -599,7 +583,7 @@ async fn user_search_needs_an_at_sign_and_caps_results(db: sqlx::PgPool) {
             .await
             .expect("user");
     }
-    let capped = body(c.get("/v1/users/search?email=same%40corp").await).await;
+    let capped = json_of(c.get("/v1/users/search?email=same%40corp").await).await;
     assert_eq!(capped.as_array().expect("hits").len(), 10);
     assert_eq!(capped[0]["email"], "same@corp00.test");
     assert!(

@@ -40,6 +40,18 @@ pub struct IssuedCert {
     pub not_after: SystemTime,
 }
 
+impl IssuedCert {
+    /// The certificate and key, checked and ready for rustls: install it with
+    /// `ReloadableCert::new` or `ReloadableCert::replace` (the control plane renewing its client
+    /// certificate).
+    pub fn certified_key(&self) -> Result<std::sync::Arc<rustls::sign::CertifiedKey>> {
+        crate::tls::certified_key(
+            &crate::tls::Pem::text("issued certificate", self.cert_pem.clone()),
+            &crate::tls::Pem::text("issued key", self.key_pem.clone()),
+        )
+    }
+}
+
 impl fmt::Debug for IssuedCert {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("IssuedCert")

@@ -18,6 +18,8 @@
 //! a CA read from the environment): see [`Pem`].
 
 use crate::error::{Error, Result};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
 use rustls::client::ResolvesClientCert;
 use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
@@ -29,6 +31,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 /// The only application protocol the internal link speaks.
 pub const ALPN_HTTP1: &[u8] = b"http/1.1";
@@ -230,6 +233,26 @@ pub fn client_config(
     };
     config.alpn_protocols = vec![ALPN_HTTP1.to_vec()];
     Ok(Arc::new(config))
+}
+
+/// The connector of HTTPS clients on the internal link: TCP (connect timeout, keepalive 30 s,
+/// no Nagle) then TLS with `config`, dialling `https` URLs only and offering `http/1.1` only
+/// (whatever `config` says). Build a `hyper_util` legacy client on it; `config` usually comes
+/// from [`client_config`].
+pub fn https_connector(
+    config: Arc<ClientConfig>,
+    connect_timeout: Duration,
+) -> HttpsConnector<HttpConnector> {
+    let mut config = (*config).clone();
+    config.alpn_protocols = vec![ALPN_HTTP1.to_vec()];
+    let mut tcp = HttpConnector::new();
+    tcp.set_connect_timeout(Some(connect_timeout));
+    tcp.set_keepalive(Some(Duration::from_secs(30)));
+    tcp.set_nodelay(true);
+    tcp.enforce_http(false);
+    let mut https = HttpsConnector::from((tcp, config));
+    https.enforce_https();
+    https
 }
 
 /// A certificate and key that can be swapped while connections are being made. Serves as the

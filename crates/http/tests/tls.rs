@@ -339,3 +339,31 @@ async fn stalled_handshakes_are_dropped() {
     assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
     assert!(started.elapsed() >= Duration::from_millis(250));
 }
+
+/// The control plane's proxy client reaches an agent over mTLS, and only over https.
+#[tokio::test]
+async fn proxy_https_client_speaks_mtls() {
+    let ca = Ca::generate("wrenn test CA").expect("ca");
+    let host = server_cert(&ca, "host-test");
+    let ca_pem = Pem::text("ca", ca.cert_pem());
+    let addr = start(tls::server_config(reloadable(&host), Some(&ca_pem)).expect("config")).await;
+    let cp = ca.issue_client_cert("wrenn-cp", DAY).expect("client cert");
+    let identity = Arc::new(ReloadableCert::new(cp.certified_key().expect("key")));
+    let client = wrenn_http::proxy::https_client::<Empty<Bytes>>(
+        tls::client_config(&ca_pem, Some(identity)).expect("client config"),
+    );
+    let resp = client
+        .get(format!("https://{addr}/").parse().expect("uri"))
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    assert_eq!(&body[..], b"tls=true");
+    assert!(
+        client
+            .get(format!("http://{addr}/").parse().expect("uri"))
+            .await
+            .is_err(),
+        "never plain HTTP"
+    );
+}

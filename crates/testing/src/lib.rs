@@ -2,8 +2,10 @@
 //!
 //! - [`vm`]: what VM tests need (root, QEMU, the guest image) and the `require_vm!` skip.
 //! - [`agent`]: a real `wrenn-agent` process on its own data directory and network slots.
+//! - [`pty`]: a program driven through a real pseudo-terminal, as a user at a terminal would.
 
 pub mod agent;
+pub mod pty;
 pub mod vm;
 
 pub use agent::{AgentOptions, AgentProcess};

@@ -110,12 +110,16 @@ impl Heartbeat {
     }
 
     /// Heartbeats until `stop` is cancelled or the link ends for good.
+    ///
+    /// `stop` is honoured between heartbeats, never during one: a refresh cut off after the
+    /// control plane rotated the refresh token but before it was saved would lock the host out.
+    /// A heartbeat is bounded by the client's timeouts (at most 40 s with a refresh).
     pub async fn run(mut self, stop: CancellationToken) -> LinkEnd {
         loop {
-            if let Some(end) = tokio::select! {
-                end = self.tick() => end,
-                () = stop.cancelled() => return LinkEnd::Stopped,
-            } {
+            if stop.is_cancelled() {
+                return LinkEnd::Stopped;
+            }
+            if let Some(end) = self.tick().await {
                 return end;
             }
             tokio::select! {

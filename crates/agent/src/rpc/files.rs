@@ -111,3 +111,131 @@ pub async fn remove_path(
     envd_ops::remove(&sb.envd, &req.path).await?;
     Ok(pb::RemovePathResponse {})
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sandbox::manager::now_unix;
+    use tokio_util::sync::CancellationToken;
+    use wrenn_protocol::connect::Codec;
+
+    fn info() -> CallInfo {
+        CallInfo {
+            headers: Default::default(),
+            codec: Codec::Proto,
+            timeout: None,
+        }
+    }
+
+    /// Every file RPC counts as activity, like exec does, whatever envd answers (here: nothing
+    /// listens, so each call fails after finding the sandbox).
+    #[tokio::test]
+    async fn file_rpcs_reset_the_idle_clock() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (manager, _) = crate::testing::fake_manager(dir.path());
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let envd = format!("http://{}", closed.local_addr().expect("addr"));
+        drop(closed);
+        let sb = manager.add_test_sandbox("sb-files", 1, 600, 500, Some(&envd));
+        let st = RpcState {
+            manager: manager.clone(),
+            terminate: CancellationToken::new(),
+            logs: wrenn_logging::LogRing::new(0),
+        };
+        let id = || "sb-files".to_owned();
+        let path = || "/tmp/x".to_owned();
+        let stale = || sb.set_idle_for(500);
+        let fresh = |what: &str| {
+            assert!(
+                now_unix() - sb.last_active_unix() <= 1,
+                "{what} did not count as activity"
+            );
+        };
+
+        stale();
+        let _ = write_file(
+            st.clone(),
+            info(),
+            pb::WriteFileRequest {
+                sandbox_id: id(),
+                path: path(),
+                content: Default::default(),
+            },
+        )
+        .await;
+        fresh("WriteFile");
+        stale();
+        let _ = read_file(
+            st.clone(),
+            info(),
+            pb::ReadFileRequest {
+                sandbox_id: id(),
+                path: path(),
+            },
+        )
+        .await;
+        fresh("ReadFile");
+        stale();
+        let _ = read_file_stream(
+            st.clone(),
+            info(),
+            pb::ReadFileStreamRequest {
+                sandbox_id: id(),
+                path: path(),
+            },
+        )
+        .await;
+        fresh("ReadFileStream");
+        stale();
+        let meta = pb::WriteFileStreamRequest {
+            content: Some(pb::write_file_stream_request::Content::Meta(
+                pb::WriteFileStreamMeta {
+                    sandbox_id: id(),
+                    path: path(),
+                },
+            )),
+        };
+        let _ = write_file_stream(
+            st.clone(),
+            info(),
+            Box::pin(futures::stream::iter([Ok(meta)])),
+        )
+        .await;
+        fresh("WriteFileStream");
+        stale();
+        let _ = list_dir(
+            st.clone(),
+            info(),
+            pb::ListDirRequest {
+                sandbox_id: id(),
+                path: path(),
+                depth: 1,
+            },
+        )
+        .await;
+        fresh("ListDir");
+        stale();
+        let _ = make_dir(
+            st.clone(),
+            info(),
+            pb::MakeDirRequest {
+                sandbox_id: id(),
+                path: path(),
+            },
+        )
+        .await;
+        fresh("MakeDir");
+        stale();
+        let _ = remove_path(
+            st.clone(),
+            info(),
+            pb::RemovePathRequest {
+                sandbox_id: id(),
+                path: path(),
+            },
+        )
+        .await;
+        fresh("RemovePath");
+        manager.shutdown();
+    }
+}

@@ -53,8 +53,7 @@ pub async fn create_sandbox(
     };
     let sb = st.manager.create(create).await.map_err(rpc_err)?;
     let r = sb.record();
-    let mut metadata: std::collections::HashMap<String, String> =
-        r.metadata.into_iter().collect();
+    let mut metadata: std::collections::HashMap<String, String> = r.metadata.into_iter().collect();
     // What the control plane shows as the capsule's system metadata.
     metadata.insert("kernel_version".into(), r.kernel_release.clone());
     metadata.insert("vmm_version".into(), st.manager.vmm().describe());

@@ -24,6 +24,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 mod reaper;
+#[cfg(test)]
+mod test_support;
 
 pub use reaper::REPORT_WINDOW;
 use reaper::RecentIds;

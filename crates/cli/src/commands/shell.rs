@@ -111,9 +111,10 @@ pub async fn run(args: Args, context: &Context) -> CliResult<i32> {
     let mut signals = SessionSignals::install()?;
     let (socket, url) = ws::connect(&context.client, &["v1", "capsules", &args.id, "pty"]).await?;
 
-    let raw_mode = match interactive {
-        true => Some(ModeGuard::raw(stdin.as_fd())?),
-        false => None,
+    let raw_mode = if interactive {
+        Some(ModeGuard::raw(stdin.as_fd())?)
+    } else {
+        None
     };
     let mut session = Session {
         socket,

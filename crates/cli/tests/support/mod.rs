@@ -3,8 +3,6 @@
 // Each test file uses a different subset of these helpers.
 #![allow(dead_code)]
 
-pub mod pty;
-
 use axum::Router;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};

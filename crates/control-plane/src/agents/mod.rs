@@ -3,12 +3,12 @@
 //! certificate from the internal CA; the agent's server certificate is checked against the same CA).
 
 use crate::error::{ApiError, ApiResult};
-use wrenn_protocol::connect::Message;
 use sqlx::PgPool;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use uuid::Uuid;
+use wrenn_protocol::connect::Message;
 use wrenn_protocol::connect::{self, ConnectClient, ResponseStream, StreamSender};
 use wrenn_protocol::envd::rpc_path;
 use wrenn_protocol::hostagent::SERVICE;
@@ -75,7 +75,9 @@ impl AgentClient {
         method: &str,
         req: &Req,
     ) -> Result<ResponseStream<Resp>, connect::Error> {
-        self.rpc.server_stream(&rpc_path(SERVICE, method), req).await
+        self.rpc
+            .server_stream(&rpc_path(SERVICE, method), req)
+            .await
     }
 
     pub async fn client_stream<Req: Message, Resp: Message>(

@@ -26,12 +26,18 @@ pub async fn create(
     session: UserSession,
     ApiJson(req): ApiJson<CreateApiKeyRequest>,
 ) -> ApiResult<(StatusCode, Json<ApiKey>)> {
-    Ok((StatusCode::CREATED, Json(api_keys::create(&app, &session, req).await?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(api_keys::create(&app, &session, req).await?),
+    ))
 }
 
 #[utoipa::path(get, path = "/v1/api-keys", tag = "api-keys", security(("bearer" = [])),
     responses((status = 200, body = Vec<ApiKey>), (status = 401, body = ErrorBody)))]
-pub async fn list(State(app): State<AppState>, session: UserSession) -> ApiResult<Json<Vec<ApiKey>>> {
+pub async fn list(
+    State(app): State<AppState>,
+    session: UserSession,
+) -> ApiResult<Json<Vec<ApiKey>>> {
     Ok(Json(api_keys::list(&app, &session).await?))
 }
 

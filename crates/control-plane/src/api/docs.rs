@@ -6,8 +6,8 @@
 //! the handler in `paths(...)` below. `tests/openapi.rs` fails for any `/v1` route missing here.
 
 use crate::api::{
-    admin, api_keys, audit_logs, auth, capsules, events, exec, exec_stream, files, hosts, me, metrics,
-    processes, pty, snapshots, teams,
+    admin, api_keys, audit_logs, auth, capsules, events, exec, exec_stream, files, hosts, me,
+    metrics, processes, pty, snapshots, teams,
 };
 use crate::state::AppState;
 use axum::Router;
@@ -57,6 +57,7 @@ use wrenn_api_types::{API_KEY_HEADER, HOST_TOKEN_HEADER};
         pty::pty,
         // Snapshots and events.
         snapshots::list,
+        snapshots::remove,
         events::stream,
         // Accounts, API keys, teams.
         auth::signup_handler,

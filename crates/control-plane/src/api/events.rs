@@ -45,7 +45,11 @@ pub async fn stream(State(app): State<AppState>, auth: AuthContext) -> Response 
     let receiver = app.events.subscribe();
     let frames = team_frames(auth.team_id, receiver);
     let mut response = Sse::new(frames)
-        .keep_alive(KeepAlive::new().interval(KEEPALIVE_INTERVAL).text("keepalive"))
+        .keep_alive(
+            KeepAlive::new()
+                .interval(KEEPALIVE_INTERVAL)
+                .text("keepalive"),
+        )
         .into_response();
     // Tells nginx-style proxies not to buffer the stream.
     response
@@ -76,8 +80,9 @@ fn team_frames(
                 }
                 Ok(_) => continue,
                 Err(RecvError::Lagged(missed)) => {
-                    let note = SseEvent::default()
-                        .comment(format!("lagged: {missed} events were dropped for this slow subscriber"));
+                    let note = SseEvent::default().comment(format!(
+                        "lagged: {missed} events were dropped for this slow subscriber"
+                    ));
                     return Some((Ok(note), receiver));
                 }
                 Err(RecvError::Closed) => return None,
@@ -102,7 +107,6 @@ fn frame(event: &Event) -> SseEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::TeamEvent;
     use std::sync::Arc;
     use tokio::sync::broadcast;
     use wrenn_api_types::Metadata;
@@ -142,7 +146,10 @@ mod tests {
         let frames: Vec<&str> = text.split_terminator("\n\n").collect();
         assert_eq!(frames.len(), 4, "{text}");
         assert!(frames[0].starts_with("event: connected\ndata: {"), "{text}");
-        assert_eq!(frames[1], ": lagged: 3 events were dropped for this slow subscriber");
+        assert_eq!(
+            frames[1],
+            ": lagged: 3 events were dropped for this slow subscriber"
+        );
         assert!(frames[2].starts_with("event: host.up\ndata: {"), "{text}");
         assert!(frames[2].contains(r#""n":"3""#), "{text}");
         assert!(frames[3].contains(r#""n":"4""#), "{text}");
@@ -161,7 +168,10 @@ mod tests {
         }
         drop(tx);
         let text = render(mine, rx).await;
-        assert!(text.contains(r#""n":"0""#) && text.contains(r#""n":"2""#), "{text}");
+        assert!(
+            text.contains(r#""n":"0""#) && text.contains(r#""n":"2""#),
+            "{text}"
+        );
         assert!(!text.contains(r#""n":"1""#), "{text}");
     }
 }

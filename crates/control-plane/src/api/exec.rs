@@ -38,7 +38,7 @@ pub fn routes() -> Router<AppState> {
         (status = 413, description = "Output larger than the foreground limit", body = ErrorBody),
         (status = 502, description = "The command timed out (and was killed), or the host failed", body = ErrorBody),
     ),
-    security(("ApiKey" = []), ("Bearer" = []))
+    security(("api_key" = []), ("bearer" = []))
 )]
 pub async fn run(
     State(app): State<AppState>,

@@ -45,7 +45,7 @@ pub fn routes() -> Router<AppState> {
                                       `stdout`/`stderr`, then `exit` or `error`"),
         (status = 401, description = "Wrong credentials on the upgrade", body = wrenn_api_types::ErrorBody),
     ),
-    security(("ApiKey" = []), ("Bearer" = []), ())
+    security(("api_key" = []), ("bearer" = []), ())
 )]
 pub async fn exec_stream(
     State(app): State<AppState>,
@@ -71,7 +71,7 @@ pub async fn exec_stream(
                                       `exit` or `error`"),
         (status = 401, description = "Wrong credentials on the upgrade", body = wrenn_api_types::ErrorBody),
     ),
-    security(("ApiKey" = []), ("Bearer" = []), ())
+    security(("api_key" = []), ("bearer" = []), ())
 )]
 pub async fn process_stream(
     State(app): State<AppState>,

@@ -28,10 +28,17 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
         JsonRejection::MissingJsonContentType(_) => {
             ApiError::invalid("expected a JSON body with Content-Type: application/json")
         }
-        JsonRejection::JsonSyntaxError(e) => ApiError::invalid(format!("malformed JSON: {}", e.body_text())),
-        JsonRejection::JsonDataError(e) => ApiError::invalid(format!("invalid request body: {}", e.body_text())),
+        JsonRejection::JsonSyntaxError(e) => {
+            ApiError::invalid(format!("malformed JSON: {}", e.body_text()))
+        }
+        JsonRejection::JsonDataError(e) => {
+            ApiError::invalid(format!("invalid request body: {}", e.body_text()))
+        }
         JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            ApiError::new(wrenn_api_types::ErrorCode::TooLarge, "request body too large")
+            ApiError::new(
+                wrenn_api_types::ErrorCode::TooLarge,
+                "request body too large",
+            )
         }
         other => ApiError::invalid(other.body_text()),
     }
@@ -48,7 +55,9 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
         axum::extract::Query::<T>::from_request_parts(parts, state)
             .await
             .map(|q| Self(q.0))
-            .map_err(|e: QueryRejection| ApiError::invalid(format!("invalid query: {}", e.body_text())))
+            .map_err(|e: QueryRejection| {
+                ApiError::invalid(format!("invalid query: {}", e.body_text()))
+            })
     }
 }
 
@@ -63,6 +72,8 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath
         axum::extract::Path::<T>::from_request_parts(parts, state)
             .await
             .map(|p| Self(p.0))
-            .map_err(|e: PathRejection| ApiError::not_found(format!("no such resource: {}", e.body_text())))
+            .map_err(|e: PathRejection| {
+                ApiError::not_found(format!("no such resource: {}", e.body_text()))
+            })
     }
 }

@@ -70,7 +70,7 @@ pub fn routes() -> Router<AppState> {
         (status = 409, description = "The capsule is not running", body = ErrorBody),
         (status = 413, description = "Larger than 100 MiB: use files/stream/write", body = ErrorBody),
     ),
-    security(("ApiKey" = []), ("Bearer" = []))
+    security(("api_key" = []), ("bearer" = []))
 )]
 pub async fn write(
     State(app): State<AppState>,
@@ -107,7 +107,7 @@ pub async fn write(
         (status = 404, description = "No such capsule", body = ErrorBody),
         (status = 409, description = "The capsule is not running", body = ErrorBody),
     ),
-    security(("ApiKey" = []), ("Bearer" = []))
+    security(("api_key" = []), ("bearer" = []))
 )]
 pub async fn stream_write(
     State(app): State<AppState>,
@@ -135,7 +135,7 @@ pub async fn stream_write(
         (status = 409, description = "The capsule is not running", body = ErrorBody),
         (status = 413, description = "Larger than 100 MiB: use files/stream/read", body = ErrorBody),
     ),
-    security(("ApiKey" = []), ("Bearer" = []))
+    security(("api_key" = []), ("bearer" = []))
 )]
 pub async fn read(
     State(app): State<AppState>,
@@ -166,7 +166,7 @@ pub async fn read(
         (status = 404, description = "No such capsule or file", body = ErrorBody),
         (status = 409, description = "The capsule is not running", body = ErrorBody),
     ),
-    security(("ApiKey" = []), ("Bearer" = []))
+    security(("api_key" = []), ("bearer" = []))
 )]
 pub async fn stream_read(
     State(app): State<AppState>,
@@ -197,7 +197,7 @@ fn octet_stream(body: Body) -> Response {
         (status = 404, description = "No such capsule or directory", body = ErrorBody),
         (status = 409, description = "The capsule is not running", body = ErrorBody),
     ),
-    security(("ApiKey" = []), ("Bearer" = []))
+    security(("api_key" = []), ("bearer" = []))
 )]
 pub async fn list(
     State(app): State<AppState>,
@@ -223,7 +223,7 @@ pub async fn list(
         (status = 404, description = "No such capsule", body = ErrorBody),
         (status = 409, description = "`conflict`: the directory exists; `invalid_state`: a file is in the way, or the capsule is not running", body = ErrorBody),
     ),
-    security(("ApiKey" = []), ("Bearer" = []))
+    security(("api_key" = []), ("bearer" = []))
 )]
 pub async fn mkdir(
     State(app): State<AppState>,
@@ -248,7 +248,7 @@ pub async fn mkdir(
         (status = 404, description = "No such capsule or path", body = ErrorBody),
         (status = 409, description = "The capsule is not running", body = ErrorBody),
     ),
-    security(("ApiKey" = []), ("Bearer" = []))
+    security(("api_key" = []), ("bearer" = []))
 )]
 pub async fn remove(
     State(app): State<AppState>,

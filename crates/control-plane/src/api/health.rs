@@ -1,9 +1,9 @@
 //! `GET /health`: liveness plus a database round trip.
 
 use crate::state::AppState;
+use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::Json;
 use serde_json::{Value, json};
 
 pub async fn health(State(app): State<AppState>) -> (StatusCode, Json<Value>) {

@@ -86,7 +86,9 @@ pub async fn delete_preview(
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
     let (host, capsules) = hosts::delete_preview(&app, &session, &id).await?;
-    Ok(Json(json!({ "host": host, "capsule_ids": capsules, "sandbox_ids": capsules })))
+    Ok(Json(
+        json!({ "host": host, "capsule_ids": capsules, "sandbox_ids": capsules }),
+    ))
 }
 
 #[utoipa::path(post, path = "/v1/hosts/{id}/token", tag = "hosts",

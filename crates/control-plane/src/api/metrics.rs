@@ -3,11 +3,11 @@
 //! `/capsules/stats` and `/capsules/usage` sit beside `/capsules/{id}`: the router matches static
 //! segments before parameters, so they are never read as capsule ids.
 
+use crate::api::extract::{ApiPath, ApiQuery};
 use crate::auth::AuthContext;
 use crate::error::ApiResult;
 use crate::service::{metrics, usage};
 use crate::state::AppState;
-use crate::api::extract::{ApiPath, ApiQuery};
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
@@ -82,7 +82,9 @@ pub async fn stats(
     auth: AuthContext,
     ApiQuery(q): ApiQuery<RangeQuery>,
 ) -> ApiResult<Json<CapsuleStats>> {
-    Ok(Json(metrics::team_stats(&app, &auth, q.range.as_deref()).await?))
+    Ok(Json(
+        metrics::team_stats(&app, &auth, q.range.as_deref()).await?,
+    ))
 }
 
 /// CPU-minutes and RAM-MB-minutes per UTC day, one point for every day of the window.

@@ -36,7 +36,7 @@ pub fn routes() -> Router<AppState> {
         (status = 404, description = "No such capsule", body = ErrorBody),
         (status = 409, description = "The capsule is not running", body = ErrorBody),
     ),
-    security(("ApiKey" = []), ("Bearer" = []))
+    security(("api_key" = []), ("bearer" = []))
 )]
 pub async fn list(
     State(app): State<AppState>,
@@ -70,7 +70,7 @@ pub struct KillQuery {
         (status = 404, description = "No such capsule or process", body = ErrorBody),
         (status = 409, description = "The capsule is not running", body = ErrorBody),
     ),
-    security(("ApiKey" = []), ("Bearer" = []))
+    security(("api_key" = []), ("bearer" = []))
 )]
 pub async fn kill(
     State(app): State<AppState>,

@@ -64,7 +64,7 @@ pub fn routes() -> Router<AppState> {
                                       output, `ping`, then `exit`"),
         (status = 401, description = "Wrong credentials on the upgrade", body = wrenn_api_types::ErrorBody),
     ),
-    security(("ApiKey" = []), ("Bearer" = []), ())
+    security(("api_key" = []), ("bearer" = []), ())
 )]
 pub async fn pty(
     State(app): State<AppState>,
@@ -102,14 +102,13 @@ async fn session(app: AppState, header_auth: Option<AuthContext>, id: String, so
                 rows,
                 envs,
                 cwd,
-                user,
+                ..
             }) => {
                 let command = PtyCommand {
                     cmd,
                     args,
                     envs,
                     cwd,
-                    user,
                     cols,
                     rows,
                 };
@@ -161,8 +160,9 @@ async fn run(app: AppState, target: Target, attached: Attached, sink: Sink, sour
         () = pinger => return,
     };
     if !exited {
-        // The connection broke while sending: the reader sees it too; let queued input land.
-        client_side.await;
+        // The connection broke while sending: the reader sees it too; let queued input land
+        // (bounded, in case the reading half lingers).
+        let _ = tokio::time::timeout(2 * DRAIN_TIMEOUT, client_side).await;
     }
 }
 

@@ -20,7 +20,10 @@ pub fn routes() -> Router<AppState> {
         .route("/teams", get(list).post(create))
         .route("/teams/{id}", get(detail).patch(rename).delete(delete_team))
         .route("/teams/{id}/members", get(members).post(add_member))
-        .route("/teams/{id}/members/{user_id}", patch(set_role).delete(remove_member))
+        .route(
+            "/teams/{id}/members/{user_id}",
+            patch(set_role).delete(remove_member),
+        )
         .route("/teams/{id}/leave", post(leave))
         .route("/users/search", get(search_users))
 }
@@ -40,7 +43,10 @@ pub async fn create(
     session: UserSession,
     ApiJson(req): ApiJson<NameRequest>,
 ) -> ApiResult<(StatusCode, Json<Team>)> {
-    Ok((StatusCode::CREATED, Json(teams::create(&app, &session, req).await?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(teams::create(&app, &session, req).await?),
+    ))
 }
 
 #[utoipa::path(get, path = "/v1/teams/{id}", tag = "teams", security(("bearer" = [])),
@@ -102,7 +108,10 @@ pub async fn add_member(
     ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<AddMemberRequest>,
 ) -> ApiResult<(StatusCode, Json<TeamMember>)> {
-    Ok((StatusCode::CREATED, Json(teams::add_member(&app, &session, &id, req).await?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(teams::add_member(&app, &session, &id, req).await?),
+    ))
 }
 
 /// Sets a member's role to `admin` or `member` (owner or admin; the owner is immutable).
@@ -115,7 +124,9 @@ pub async fn set_role(
     ApiPath((id, user_id)): ApiPath<(String, String)>,
     ApiJson(req): ApiJson<RoleRequest>,
 ) -> ApiResult<Json<TeamMember>> {
-    Ok(Json(teams::set_role(&app, &session, &id, &user_id, req).await?))
+    Ok(Json(
+        teams::set_role(&app, &session, &id, &user_id, req).await?,
+    ))
 }
 
 /// Removes a member (owner or admin; never the owner).

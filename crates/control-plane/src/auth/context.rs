@@ -214,7 +214,9 @@ impl FromRequestParts<AppState> for AuthContext {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let creds = credentials_from_headers(&parts.headers).ok_or_else(|| {
-            ApiError::unauthorized("missing credentials: send an X-API-Key header or a Bearer token")
+            ApiError::unauthorized(
+                "missing credentials: send an X-API-Key header or a Bearer token",
+            )
         })?;
         authenticate(state, &creds).await
     }
@@ -314,7 +316,10 @@ mod tests {
     fn reads_api_key_first_then_bearer() {
         let mut h = HeaderMap::new();
         assert_eq!(credentials_from_headers(&h), None);
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer abc"));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer abc"),
+        );
         assert_eq!(
             credentials_from_headers(&h),
             Some(Credentials::Bearer("abc".into()))

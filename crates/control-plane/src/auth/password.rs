@@ -1,7 +1,7 @@
 //! Password hashing: Argon2id with a per-password salt, stored as a PHC string.
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 
 /// Minimum password length (upstream: 8).
 pub const MIN_PASSWORD_LEN: usize = 8;
@@ -51,6 +51,10 @@ mod tests {
         assert!(verify_password("correct horse", &hash));
         assert!(!verify_password("correct horsE", &hash));
         assert!(!verify_password("correct horse", "not-a-hash"));
-        assert_ne!(hash, hash_password("correct horse").expect("hash"), "salted");
+        assert_ne!(
+            hash,
+            hash_password("correct horse").expect("hash"),
+            "salted"
+        );
     }
 }

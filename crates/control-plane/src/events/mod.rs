@@ -103,7 +103,9 @@ impl EventHub {
                         event: Arc::new(event),
                     });
                 }
-                Err(e) => tracing::warn!(event_id = id, error = %e, "skipping an unreadable event row"),
+                Err(e) => {
+                    tracing::warn!(event_id = id, error = %e, "skipping an unreadable event row")
+                }
             }
         }
         Ok(())

@@ -26,8 +26,20 @@ fn total_pages(total: i64) -> i64 {
     (total + PER_PAGE - 1) / PER_PAGE
 }
 
-fn admin_audit(session: &AdminSession, resource: &'static str, id: String, action: &'static str) -> AuditEntry {
-    AuditEntry::new(PLATFORM_TEAM, session.0.ctx.actor(), resource, Some(id), action).admin()
+fn admin_audit(
+    session: &AdminSession,
+    resource: &'static str,
+    id: String,
+    action: &'static str,
+) -> AuditEntry {
+    AuditEntry::new(
+        PLATFORM_TEAM,
+        session.0.ctx.actor(),
+        resource,
+        Some(id),
+        action,
+    )
+    .admin()
 }
 
 #[derive(Debug, sqlx::FromRow)]
@@ -104,19 +116,34 @@ fn customer_team(id: &str) -> ApiResult<Uuid> {
 
 /// `PUT /v1/admin/teams/{id}/byoc`: lets the team register its own hosts. One-way: a team's
 /// hosts and capsules would be stranded by turning it off.
-pub async fn enable_byoc(app: &App, session: &AdminSession, id: &str, enabled: bool) -> ApiResult<()> {
+pub async fn enable_byoc(
+    app: &App,
+    session: &AdminSession,
+    id: &str,
+    enabled: bool,
+) -> ApiResult<()> {
     if !enabled {
         return Err(ApiError::invalid("BYOC cannot be disabled once enabled"));
     }
     let team_id = customer_team(id)?;
-    let updated = sqlx::query("UPDATE teams SET is_byoc = true WHERE id = $1 AND deleted_at IS NULL")
-        .bind(team_id)
-        .execute(&app.db)
-        .await?;
-    if updated.rows_affected() == 0 {
-        return Err(ApiError::not_found(format!("team {id} not found")));
+    let was_byoc: Option<bool> = sqlx::query_scalar(
+        "WITH old AS (SELECT id, is_byoc FROM teams WHERE id = $1 AND deleted_at IS NULL FOR UPDATE)
+         UPDATE teams t SET is_byoc = true FROM old WHERE t.id = old.id RETURNING old.is_byoc",
+    )
+    .bind(team_id)
+    .fetch_optional(&app.db)
+    .await?;
+    match was_byoc {
+        None => return Err(ApiError::not_found(format!("team {id} not found"))),
+        Some(true) => {}
+        Some(false) => {
+            audit::record(
+                &app.db,
+                admin_audit(session, "team", id.to_string(), "byoc_enable"),
+            )
+            .await;
+        }
     }
-    audit::record(&app.db, admin_audit(session, "team", id.to_string(), "byoc_enable")).await;
     Ok(())
 }
 
@@ -194,7 +221,12 @@ fn user_id(id: &str) -> ApiResult<Uuid> {
 /// `PUT /v1/admin/users/{id}/active`. Disabling takes effect at once (sessions re-check the
 /// account on every request) and deletes the API keys the user created. An admin cannot
 /// disable themself (so some admin always stays active).
-pub async fn set_user_active(app: &App, session: &AdminSession, id: &str, active: bool) -> ApiResult<()> {
+pub async fn set_user_active(
+    app: &App,
+    session: &AdminSession,
+    id: &str,
+    active: bool,
+) -> ApiResult<()> {
     let target = user_id(id)?;
     if !active && target == session.0.user_id {
         return Err(ApiError::invalid("you cannot deactivate your own account"));
@@ -230,8 +262,13 @@ pub async fn set_user_active(app: &App, session: &AdminSession, id: &str, active
     tx.commit().await?;
     audit::record(
         &app.db,
-        admin_audit(session, "user", id.to_string(), if active { "activate" } else { "deactivate" })
-            .metadata(json!({ "status": now_status, "api_keys_deleted": keys_deleted })),
+        admin_audit(
+            session,
+            "user",
+            id.to_string(),
+            if active { "activate" } else { "deactivate" },
+        )
+        .metadata(json!({ "status": now_status, "api_keys_deleted": keys_deleted })),
     )
     .await;
     Ok(())
@@ -240,7 +277,12 @@ pub async fn set_user_active(app: &App, session: &AdminSession, id: &str, active
 /// `PUT /v1/admin/users/{id}/admin`: grants or revokes platform admin. The last active admin
 /// cannot be revoked (checked under the admin-set lock, so two admins cannot revoke each other
 /// at once and leave none).
-pub async fn set_user_admin(app: &App, session: &AdminSession, id: &str, admin: bool) -> ApiResult<()> {
+pub async fn set_user_admin(
+    app: &App,
+    session: &AdminSession,
+    id: &str,
+    admin: bool,
+) -> ApiResult<()> {
     let target = user_id(id)?;
     let mut tx = app.db.begin().await?;
     lock_admin_set(&mut tx).await?;
@@ -249,9 +291,12 @@ pub async fn set_user_admin(app: &App, session: &AdminSession, id: &str, admin: 
             .bind(target)
             .fetch_optional(&mut *tx)
             .await?;
-    let (was_admin, status) = current.ok_or_else(|| ApiError::not_found(format!("user {id} not found")))?;
+    let (was_admin, status) =
+        current.ok_or_else(|| ApiError::not_found(format!("user {id} not found")))?;
     if admin && status != "active" {
-        return Err(ApiError::invalid_state("only an active user can become an admin"));
+        return Err(ApiError::invalid_state(
+            "only an active user can become an admin",
+        ));
     }
     if !admin && was_admin {
         let others: i64 = sqlx::query_scalar(
@@ -275,7 +320,12 @@ pub async fn set_user_admin(app: &App, session: &AdminSession, id: &str, admin: 
     if was_admin != admin {
         audit::record(
             &app.db,
-            admin_audit(session, "user", id.to_string(), if admin { "admin_grant" } else { "admin_revoke" }),
+            admin_audit(
+                session,
+                "user",
+                id.to_string(),
+                if admin { "admin_grant" } else { "admin_revoke" },
+            ),
         )
         .await;
     }
@@ -345,11 +395,15 @@ pub async fn logs(app: &App, source: &str, lines: Option<usize>) -> ApiResult<Lo
     if !exists {
         return Err(ApiError::not_found(format!("host {host} not found")));
     }
-    // HOOK (lead): ask the host agent for its recent lines (GetLogs RPC) via
-    // `app.agents.client(&app.db, host_id)` and return them here.
-    Err(ApiError::invalid_state(format!(
-        "reading host {host}'s log is not supported by this control plane yet"
-    )))
+    let client = app.agents.client(&app.db, host_id).await?;
+    let req = wrenn_protocol::hostagent::GetLogsRequest {
+        lines: u32::try_from(lines).unwrap_or(u32::MAX),
+    };
+    let resp: wrenn_protocol::hostagent::GetLogsResponse = client
+        .call("GetLogs", &req)
+        .await
+        .map_err(|e| ApiError::from_agent(e, &format!("host {host}")))?;
+    Ok(LogsResponse { lines: resp.lines })
 }
 
 #[cfg(test)]

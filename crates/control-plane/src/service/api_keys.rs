@@ -88,10 +88,15 @@ fn key_name(req: &CreateApiKeyRequest) -> ApiResult<String> {
 }
 
 /// `POST /v1/api-keys`: a key for the session's team.
-pub async fn create(app: &App, session: &UserSession, req: CreateApiKeyRequest) -> ApiResult<ApiKey> {
+pub async fn create(
+    app: &App,
+    session: &UserSession,
+    req: CreateApiKeyRequest,
+) -> ApiResult<ApiKey> {
     let name = key_name(&req)?;
     let mut conn = app.db.acquire().await?;
-    let (key, _) = insert_key_in(&mut conn, session.ctx.team_id, &name, Some(session.user_id)).await?;
+    let (key, _) =
+        insert_key_in(&mut conn, session.ctx.team_id, &name, Some(session.user_id)).await?;
     drop(conn);
     audit::record(
         &app.db,

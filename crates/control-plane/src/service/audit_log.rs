@@ -33,9 +33,8 @@ impl AuditQuery {
         for (key, value) in pairs {
             match key.as_str() {
                 "before" => {
-                    let at = DateTime::parse_from_rfc3339(value).map_err(|_| {
-                        ApiError::invalid("before must be an RFC 3339 timestamp")
-                    })?;
+                    let at = DateTime::parse_from_rfc3339(value)
+                        .map_err(|_| ApiError::invalid("before must be an RFC 3339 timestamp"))?;
                     q.before = Some(at.with_timezone(&Utc));
                 }
                 "before_id" => {
@@ -108,7 +107,12 @@ impl AuditRow {
 }
 
 /// One page of `team_id`'s log, limited to `scopes`.
-async fn page(app: &App, team_id: Uuid, scopes: &[&str], q: &AuditQuery) -> ApiResult<AuditLogPage> {
+async fn page(
+    app: &App,
+    team_id: Uuid,
+    scopes: &[&str],
+    q: &AuditQuery,
+) -> ApiResult<AuditLogPage> {
     let mut rows: Vec<AuditRow> = sqlx::query_as(
         "SELECT id, actor_type, actor_id, actor_name, resource_type, resource_id, action, scope,
                 status, metadata, created_at
@@ -150,7 +154,11 @@ async fn page(app: &App, team_id: Uuid, scopes: &[&str], q: &AuditQuery) -> ApiR
 
 /// `GET /v1/audit-logs`: the session team's log. Members see `team`-scope rows only; owners and
 /// admins also `admin`-scope ones.
-pub async fn list_for_team(app: &App, session: &UserSession, q: &AuditQuery) -> ApiResult<AuditLogPage> {
+pub async fn list_for_team(
+    app: &App,
+    session: &UserSession,
+    q: &AuditQuery,
+) -> ApiResult<AuditLogPage> {
     let scopes: &[&str] = if session.role.can_manage() {
         &["team", "admin"]
     } else {
@@ -169,7 +177,9 @@ mod tests {
     use super::*;
 
     fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
-        list.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect()
+        list.iter()
+            .map(|(k, v)| ((*k).into(), (*v).into()))
+            .collect()
     }
 
     #[test]
@@ -184,13 +194,22 @@ mod tests {
         assert_eq!(q.resource_types, ["api_key", "team", "member"]);
         assert_eq!(q.actions, ["create"]);
         assert_eq!(q.limit, MAX_PAGE);
-        assert_eq!(AuditQuery::from_pairs(&[]).expect("empty").limit, DEFAULT_PAGE);
+        assert_eq!(
+            AuditQuery::from_pairs(&[]).expect("empty").limit,
+            DEFAULT_PAGE
+        );
         assert!(AuditQuery::from_pairs(&pairs(&[("before", "yesterday")])).is_err());
         assert!(AuditQuery::from_pairs(&pairs(&[("limit", "x")])).is_err());
         let id = ids::encode(IdKind::AuditLog, Uuid::new_v4());
-        assert!(AuditQuery::from_pairs(&pairs(&[("before_id", &id)])).is_err(), "needs before");
-        let q = AuditQuery::from_pairs(&pairs(&[("before", "2026-01-02T03:04:05.123456Z"), ("before_id", &id)]))
-            .expect("valid");
+        assert!(
+            AuditQuery::from_pairs(&pairs(&[("before_id", &id)])).is_err(),
+            "needs before"
+        );
+        let q = AuditQuery::from_pairs(&pairs(&[
+            ("before", "2026-01-02T03:04:05.123456Z"),
+            ("before_id", &id),
+        ]))
+        .expect("valid");
         assert!(q.before.is_some() && q.before_id.is_some());
     }
 }

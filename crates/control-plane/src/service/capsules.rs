@@ -144,8 +144,6 @@ pub const DEFAULT_TEMPLATE: &str = "minimal-ubuntu";
 pub const DEFAULT_VCPUS: i32 = 1;
 pub const DEFAULT_MEMORY_MB: i32 = 512;
 pub const DEFAULT_DISK_MB: i32 = 5120;
-/// Positive inactivity timeouts below this are raised to it.
-pub const MIN_TIMEOUT_SEC: i32 = 60;
 /// The create call answers within this even if the VM is still booting (status `starting`);
 /// the SDK's HTTP timeout is 30 s and it polls until `running`.
 pub const CREATE_ANSWER_WITHIN: Duration = Duration::from_secs(20);
@@ -307,7 +305,8 @@ pub async fn transition(
         .await?)
 }
 
-async fn reload(app: &App, id: Uuid) -> ApiResult<CapsuleRow> {
+/// A capsule row by id, in any team (for system actions).
+pub async fn load(app: &App, id: Uuid) -> ApiResult<CapsuleRow> {
     let sql = format!("SELECT {COLUMNS} FROM sandboxes WHERE id = $1");
     Ok(sqlx::query_as::<_, CapsuleRow>(sqlx::AssertSqlSafe(sql))
         .bind(id)
@@ -346,7 +345,7 @@ pub async fn create(
     let timeout_sec = match req.timeout_sec.unwrap_or(0) {
         t if t < 0 => return Err(ApiError::invalid("timeout_sec must be 0 or more")),
         0 => 0,
-        t => t.clamp(MIN_TIMEOUT_SEC, 30 * 24 * 3600),
+        t => t.clamp(app.settings.min_capsule_timeout_sec, 30 * 24 * 3600),
     };
     let metadata = req.metadata.unwrap_or_default();
     validate_metadata(&metadata)?;
@@ -409,7 +408,7 @@ pub async fn create(
         Ok(Ok(result)) => result,
         Ok(Err(join)) => Err(ApiError::internal(format!("create task failed: {join}"))),
         // Still booting: the task finishes on its own; the client polls.
-        Err(_) => Ok(reload(app, id).await?.to_api()),
+        Err(_) => Ok(load(app, id).await?.to_api()),
     }
 }
 
@@ -426,7 +425,11 @@ async fn finish_create(
         ..rpc
     };
     let result = client
-        .call_with_timeout::<_, pb::CreateSandboxResponse>("CreateSandbox", &rpc, CREATE_RPC_TIMEOUT)
+        .call_with_timeout::<_, pb::CreateSandboxResponse>(
+            "CreateSandbox",
+            &rpc,
+            CREATE_RPC_TIMEOUT,
+        )
         .await;
     match result {
         Ok(resp) => {
@@ -465,7 +468,7 @@ async fn finish_create(
                 None => {
                     // Destroyed while booting: do not leave the VM behind.
                     destroy_on_agent(&client, &row.public_id()).await;
-                    Ok(reload(&app, row.id).await?.to_api())
+                    Ok(load(&app, row.id).await?.to_api())
                 }
             }
         }
@@ -494,7 +497,9 @@ async fn finish_create(
     }
 }
 
-async fn destroy_on_agent(client: &AgentClient, public_id: &str) {
+/// Destroys a sandbox on its agent; "not found" is success, other failures are logged (the
+/// host monitor removes orphans).
+pub async fn destroy_on_agent(client: &AgentClient, public_id: &str) {
     let req = pb::DestroySandboxRequest {
         sandbox_id: public_id.to_string(),
     };
@@ -568,8 +573,16 @@ pub async fn destroy_row(
         app,
         row.id,
         &[
-            "pending", "starting", "running", "pausing", "paused", "resuming", "snapshotting",
-            "missing", "hibernated", "stopping",
+            "pending",
+            "starting",
+            "running",
+            "pausing",
+            "paused",
+            "resuming",
+            "snapshotting",
+            "missing",
+            "hibernated",
+            "stopping",
         ],
         CapsuleStatus::Stopping,
     )

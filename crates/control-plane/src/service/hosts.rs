@@ -2,8 +2,8 @@
 //! refresh token, server certificate from the internal CA), heartbeats, listing and deletion.
 
 use crate::audit::{self, AuditEntry};
-use crate::auth::secrets::{hash_secret, random_hex};
 use crate::auth::UserSession;
+use crate::auth::secrets::{hash_secret, random_hex};
 use crate::error::{ApiError, ApiResult};
 use crate::events;
 use crate::ids::{self, IdKind};
@@ -153,6 +153,15 @@ pub async fn list(app: &App, session: &UserSession) -> ApiResult<Vec<Host>> {
 }
 
 async fn new_registration_token(app: &App, host_id: Uuid, by: Uuid) -> ApiResult<String> {
+    registration_token(&app.db, host_id, Some(by)).await
+}
+
+/// Stores a new one-time registration token for `host_id` (valid an hour) and returns it.
+pub async fn registration_token(
+    db: &sqlx::PgPool,
+    host_id: Uuid,
+    by: Option<Uuid>,
+) -> ApiResult<String> {
     let token = random_hex(32);
     sqlx::query(
         "INSERT INTO one_time_tokens (token_hash, purpose, subject_id, created_by, expires_at)
@@ -162,7 +171,7 @@ async fn new_registration_token(app: &App, host_id: Uuid, by: Uuid) -> ApiResult
     .bind(host_id)
     .bind(by)
     .bind(REGISTRATION_TOKEN_TTL_SECS as f64)
-    .execute(&app.db)
+    .execute(db)
     .await?;
     Ok(token)
 }
@@ -211,18 +220,13 @@ pub async fn create(
             }
         }
     };
-    let id = ids::new_uuid();
-    sqlx::query(
-        "INSERT INTO hosts (id, type, team_id, provider, availability_zone, created_by)
-         VALUES ($1, $2, $3, $4, $5, $6)",
+    let id = insert_pending(
+        &app.db,
+        team_id,
+        &req.provider.unwrap_or_default(),
+        &req.availability_zone.unwrap_or_default(),
+        Some(session.user_id),
     )
-    .bind(id)
-    .bind(if team_id.is_some() { "byoc" } else { "regular" })
-    .bind(team_id)
-    .bind(req.provider.unwrap_or_default())
-    .bind(req.availability_zone.unwrap_or_default())
-    .bind(session.user_id)
-    .execute(&app.db)
     .await?;
     let token = new_registration_token(app, id, session.user_id).await?;
     let host = load(app, id)
@@ -243,6 +247,30 @@ pub async fn create(
         host: host.to_api(vec![]),
         registration_token: token,
     })
+}
+
+/// Inserts a pending host (BYOC when `team_id` is given) and returns its id.
+pub async fn insert_pending(
+    db: &sqlx::PgPool,
+    team_id: Option<Uuid>,
+    provider: &str,
+    availability_zone: &str,
+    created_by: Option<Uuid>,
+) -> ApiResult<Uuid> {
+    let id = ids::new_uuid();
+    sqlx::query(
+        "INSERT INTO hosts (id, type, team_id, provider, availability_zone, created_by)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(id)
+    .bind(if team_id.is_some() { "byoc" } else { "regular" })
+    .bind(team_id)
+    .bind(provider)
+    .bind(availability_zone)
+    .bind(created_by)
+    .execute(db)
+    .await?;
+    Ok(id)
 }
 
 /// `POST /v1/hosts/{id}/token`: a new token while the host is still pending.
@@ -268,9 +296,10 @@ pub async fn regenerate_token(
 }
 
 fn validate_address(address: &str) -> ApiResult<()> {
-    let ok = address.rsplit_once(':').is_some_and(|(host, port)| {
-        !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0)
-    }) && address.len() <= 255
+    let ok = address
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0))
+        && address.len() <= 255
         && !address.contains(['/', ' ', '@']);
     if ok {
         Ok(())
@@ -397,7 +426,9 @@ pub async fn heartbeat(
     let id = ids::decode(IdKind::Host, id)
         .ok_or_else(|| ApiError::not_found(format!("host {id} not found")))?;
     if id != host_id_from_token {
-        return Err(ApiError::forbidden("the host token belongs to another host"));
+        return Err(ApiError::forbidden(
+            "the host token belongs to another host",
+        ));
     }
     let previous: Option<String> = sqlx::query_scalar(
         "UPDATE hosts h SET last_heartbeat_at = now(),
@@ -428,8 +459,14 @@ pub async fn host_event(app: &App, host: &HostRow, kind: EventKind, reason: &str
     };
     audit::record(
         &app.db,
-        AuditEntry::new(team, Actor::system(), "host", Some(host.public_id()), action)
-            .metadata(serde_json::json!({ "reason": reason, "address": host.address })),
+        AuditEntry::new(
+            team,
+            Actor::system(),
+            "host",
+            Some(host.public_id()),
+            action,
+        )
+        .metadata(serde_json::json!({ "reason": reason, "address": host.address })),
     )
     .await;
     let mut metadata = wrenn_api_types::Metadata::new();

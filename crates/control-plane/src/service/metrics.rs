@@ -192,10 +192,12 @@ pub async fn persist_flush(
 
 /// Drops a destroyed capsule's fine tiers (10m, 2h); the 24-hour tier is kept as its history.
 pub async fn discard_fine_points(app: &App, capsule: Uuid) -> sqlx::Result<()> {
-    sqlx::query("DELETE FROM sandbox_metric_points WHERE sandbox_id = $1 AND tier IN ('10m', '2h')")
-        .bind(capsule)
-        .execute(&app.db)
-        .await?;
+    sqlx::query(
+        "DELETE FROM sandbox_metric_points WHERE sandbox_id = $1 AND tier IN ('10m', '2h')",
+    )
+    .bind(capsule)
+    .execute(&app.db)
+    .await?;
     Ok(())
 }
 
@@ -242,7 +244,11 @@ struct BucketRow {
 
 /// `GET /v1/capsules/stats`: the series holds one point per bucket that has samples (the largest
 /// sample in it), oldest first.
-pub async fn team_stats(app: &App, auth: &AuthContext, range: Option<&str>) -> ApiResult<CapsuleStats> {
+pub async fn team_stats(
+    app: &App,
+    auth: &AuthContext,
+    range: Option<&str>,
+) -> ApiResult<CapsuleStats> {
     let range = range.unwrap_or(DEFAULT_STATS_RANGE);
     let (window, bucket) = stats_window(range).ok_or_else(|| {
         ApiError::invalid(format!("range must be one of {}", STATS_RANGES.join(", ")))

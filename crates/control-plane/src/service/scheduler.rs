@@ -170,7 +170,11 @@ mod tests {
 
     #[test]
     fn picks_the_least_loaded_admissible_host() {
-        let hosts = [host(1, 32768, 20000), host(2, 32768, 1000), host(3, 32768, 10000)];
+        let hosts = [
+            host(1, 32768, 20000),
+            host(2, 32768, 1000),
+            host(3, 32768, 10000),
+        ];
         assert_eq!(pick(&hosts, REQ).map(|h| h.id), Some(Uuid::from_u128(2)));
     }
 

@@ -37,8 +37,7 @@ pub struct TemplateRow {
 }
 
 /// The columns of [`TemplateRow`], for `SELECT {COLUMNS} FROM templates`.
-pub const COLUMNS: &str =
-    "id, name, type, vcpus, memory_mb, size_bytes, created_at, team_id, host_id, metadata, protected";
+pub const COLUMNS: &str = "id, name, type, vcpus, memory_mb, size_bytes, created_at, team_id, host_id, metadata, protected";
 
 impl TemplateRow {
     pub fn is_platform(&self) -> bool {
@@ -138,7 +137,7 @@ pub async fn delete(app: &App, auth: &AuthContext, name: &str) -> ApiResult<()> 
         )));
     }
     if row.kind() == TemplateType::Snapshot {
-        delete_files_on_host(app, row).await?;
+        delete_snapshot_files(app, row.team_id, row.id, &row.name, row.host_id).await?;
     }
     let deleted = sqlx::query("DELETE FROM templates WHERE id = $1")
         .bind(row.id)
@@ -151,7 +150,13 @@ pub async fn delete(app: &App, auth: &AuthContext, name: &str) -> ApiResult<()> 
     }
     audit::record(
         &app.db,
-        AuditEntry::new(auth.team_id, auth.actor(), "snapshot", Some(name.to_string()), "delete"),
+        AuditEntry::new(
+            auth.team_id,
+            auth.actor(),
+            "snapshot",
+            Some(name.to_string()),
+            "delete",
+        ),
     )
     .await;
     events::publish(
@@ -181,8 +186,17 @@ struct HostRow {
     address: String,
 }
 
-async fn delete_files_on_host(app: &App, row: &TemplateRow) -> ApiResult<()> {
-    let Some(host_id) = row.host_id else {
+/// Asks the host holding a snapshot template's files to delete them. Nothing to do without a
+/// host, or when the host is not online (a warning is logged: the files stay there); a host that
+/// no longer has them is fine. Also what a team deletion calls for each of its snapshots.
+pub async fn delete_snapshot_files(
+    app: &App,
+    team_id: Uuid,
+    template_id: Uuid,
+    name: &str,
+    host_id: Option<Uuid>,
+) -> ApiResult<()> {
+    let Some(host_id) = host_id else {
         return Ok(());
     };
     let host: Option<HostRow> = sqlx::query_as("SELECT status, address FROM hosts WHERE id = $1")
@@ -190,15 +204,15 @@ async fn delete_files_on_host(app: &App, row: &TemplateRow) -> ApiResult<()> {
         .fetch_optional(&app.db)
         .await?;
     let Some(host) = host.filter(|h| h.status == "online" && !h.address.is_empty()) else {
-        tracing::warn!(template = %row.name, host = %host_id, "snapshot host is not online; its files stay there");
+        tracing::warn!(template = %name, host = %host_id, "snapshot host is not online; its files stay there");
         return Ok(());
     };
     let client = app.agents.client_for(host_id, &host.address);
     #[allow(deprecated)]
     let req = pb::DeleteSnapshotRequest {
-        name: row.name.clone(),
-        team_id: row.team_id.to_string(),
-        template_id: row.id.to_string(),
+        name: name.to_string(),
+        team_id: team_id.to_string(),
+        template_id: template_id.to_string(),
     };
     match client
         .call::<_, pb::DeleteSnapshotResponse>("DeleteSnapshot", &req)
@@ -206,7 +220,7 @@ async fn delete_files_on_host(app: &App, row: &TemplateRow) -> ApiResult<()> {
     {
         Ok(_) => Ok(()),
         Err(e) if e.code == Code::NotFound => Ok(()),
-        Err(e) => Err(ApiError::from_agent(e, &format!("snapshot {}", row.name))),
+        Err(e) => Err(ApiError::from_agent(e, &format!("snapshot {name}"))),
     }
 }
 

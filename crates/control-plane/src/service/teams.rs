@@ -116,17 +116,27 @@ async fn team_of_member(app: &App, user_id: Uuid, id: &str) -> ApiResult<TeamRow
 async fn team_managed_by(app: &App, user_id: Uuid, id: &str) -> ApiResult<TeamRow> {
     let team = team_of_member(app, user_id, id).await?;
     if !parse_role(&team.role).can_manage() {
-        return Err(ApiError::forbidden("only the team's owner or admins can do this"));
+        return Err(ApiError::forbidden(
+            "only the team's owner or admins can do this",
+        ));
     }
     Ok(team)
 }
 
-fn team_audit(session: &UserSession, team_id: Uuid, resource: &'static str, id: String, action: &'static str) -> AuditEntry {
+fn team_audit(
+    session: &UserSession,
+    team_id: Uuid,
+    resource: &'static str,
+    id: String,
+    action: &'static str,
+) -> AuditEntry {
     AuditEntry::new(team_id, session.ctx.actor(), resource, Some(id), action).admin()
 }
 
 pub async fn list(app: &App, session: &UserSession) -> ApiResult<Vec<Team>> {
-    let sql = format!("{TEAM_SELECT} WHERE ut.user_id = $1 AND t.deleted_at IS NULL ORDER BY t.created_at, t.id");
+    let sql = format!(
+        "{TEAM_SELECT} WHERE ut.user_id = $1 AND t.deleted_at IS NULL ORDER BY t.created_at, t.id"
+    );
     let rows: Vec<TeamRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(session.user_id)
         .fetch_all(&app.db)
@@ -143,8 +153,14 @@ pub async fn create(app: &App, session: &UserSession, req: NameRequest) -> ApiRe
     let team = team_of_member(app, session.user_id, &ids::encode(IdKind::Team, team_id)).await?;
     audit::record(
         &app.db,
-        team_audit(session, team_id, "team", ids::encode(IdKind::Team, team_id), "create")
-            .metadata(json!({ "name": name })),
+        team_audit(
+            session,
+            team_id,
+            "team",
+            ids::encode(IdKind::Team, team_id),
+            "create",
+        )
+        .metadata(json!({ "name": name })),
     )
     .await;
     Ok(team.to_api())
@@ -159,7 +175,12 @@ pub async fn get(app: &App, session: &UserSession, id: &str) -> ApiResult<TeamDe
     })
 }
 
-pub async fn rename(app: &App, session: &UserSession, id: &str, req: NameRequest) -> ApiResult<Team> {
+pub async fn rename(
+    app: &App,
+    session: &UserSession,
+    id: &str,
+    req: NameRequest,
+) -> ApiResult<Team> {
     let name = validate_team_name(&req.name)?;
     let mut team = team_managed_by(app, session.user_id, id).await?;
     sqlx::query("UPDATE teams SET name = $2 WHERE id = $1")
@@ -205,14 +226,18 @@ pub struct TeamTeardown {
 /// Soft-deletes a team (the slug stays reserved) and everything that must stop with it: live
 /// capsules are marked stopped, API keys, metric samples and template rows are deleted. The
 /// caller commits, then calls [`release_team_resources`].
-pub(crate) async fn teardown_team_in(conn: &mut PgConnection, team_id: Uuid) -> ApiResult<TeamTeardown> {
+pub(crate) async fn teardown_team_in(
+    conn: &mut PgConnection,
+    team_id: Uuid,
+) -> ApiResult<TeamTeardown> {
     if team_id == PLATFORM_TEAM {
         return Err(ApiError::forbidden("the platform team cannot be deleted"));
     }
-    let marked = sqlx::query("UPDATE teams SET deleted_at = now() WHERE id = $1 AND deleted_at IS NULL")
-        .bind(team_id)
-        .execute(&mut *conn)
-        .await?;
+    let marked =
+        sqlx::query("UPDATE teams SET deleted_at = now() WHERE id = $1 AND deleted_at IS NULL")
+            .bind(team_id)
+            .execute(&mut *conn)
+            .await?;
     if marked.rows_affected() == 0 {
         return Err(ApiError::not_found(format!(
             "team {} not found",
@@ -241,12 +266,11 @@ pub(crate) async fn teardown_team_in(conn: &mut PgConnection, team_id: Uuid) -> 
         .bind(team_id)
         .execute(&mut *conn)
         .await?;
-    let deleted_templates: Vec<(Uuid, String, Option<Uuid>)> = sqlx::query_as(
-        "DELETE FROM templates WHERE team_id = $1 RETURNING id, name, host_id",
-    )
-    .bind(team_id)
-    .fetch_all(&mut *conn)
-    .await?;
+    let deleted_templates: Vec<(Uuid, String, Option<Uuid>)> =
+        sqlx::query_as("DELETE FROM templates WHERE team_id = $1 RETURNING id, name, host_id")
+            .bind(team_id)
+            .fetch_all(&mut *conn)
+            .await?;
     Ok(TeamTeardown {
         team_id,
         stopped_capsules,
@@ -263,17 +287,50 @@ pub async fn delete_team(app: &App, team_id: Uuid) -> ApiResult<TeamTeardown> {
     Ok(teardown)
 }
 
-/// HOOK (lead): after a team is deleted, destroy its capsules on their hosts (DestroySandbox for
-/// each of `stopped_capsules`; their rows are already `stopped`), delete its snapshot files
-/// (DeleteSnapshot for each of `deleted_templates`), and publish the capsule events. Failures
-/// must only be logged: the team is already gone for its users.
+/// After a team is deleted: destroys its capsules on their hosts (their rows are already
+/// `stopped`), deletes its snapshot files, and publishes the capsule events. Failures are only
+/// logged: the team is already gone for its users, and the host monitor destroys whatever a
+/// host still runs for a stopped capsule.
 pub async fn release_team_resources(app: &App, teardown: &TeamTeardown) {
-    let _ = app;
+    for (capsule, host) in &teardown.stopped_capsules {
+        if let Some(host) = host
+            && let Ok(client) = app.agents.client(&app.db, *host).await
+        {
+            crate::service::capsules::destroy_on_agent(&client, &ids::capsule(*capsule)).await;
+        }
+        if let Ok(row) = crate::service::capsules::load(app, *capsule).await {
+            let mut metadata = wrenn_api_types::Metadata::new();
+            metadata.insert("reason".into(), "team_deleted".into());
+            crate::service::capsules::capsule_event(
+                app,
+                &row,
+                wrenn_api_types::events::EventKind::CapsuleDestroy,
+                &wrenn_api_types::events::Actor::system(),
+                Some(wrenn_api_types::events::Outcome::Success),
+                metadata,
+                None,
+            )
+            .await;
+        }
+    }
+    for (template_id, name, host) in &teardown.deleted_templates {
+        if let Err(e) = crate::service::snapshots::delete_snapshot_files(
+            app,
+            teardown.team_id,
+            *template_id,
+            name,
+            *host,
+        )
+        .await
+        {
+            tracing::warn!(template = %name, error = %e, "could not delete a deleted team's snapshot files");
+        }
+    }
     tracing::info!(
         team = %ids::encode(IdKind::Team, teardown.team_id),
         capsules = teardown.stopped_capsules.len(),
         templates = teardown.deleted_templates.len(),
-        "team deleted"
+        "team deleted; its capsules and snapshots were released"
     );
 }
 
@@ -308,7 +365,11 @@ async fn members_of(app: &App, team_id: Uuid) -> ApiResult<Vec<TeamMember>> {
         .collect())
 }
 
-pub async fn list_members(app: &App, session: &UserSession, id: &str) -> ApiResult<Vec<TeamMember>> {
+pub async fn list_members(
+    app: &App,
+    session: &UserSession,
+    id: &str,
+) -> ApiResult<Vec<TeamMember>> {
     let team = team_of_member(app, session.user_id, id).await?;
     members_of(app, team.id).await
 }
@@ -337,11 +398,13 @@ pub async fn add_member(
     .bind(team.id)
     .fetch_optional(&app.db)
     .await?;
-    let joined_at = joined.ok_or_else(|| ApiError::conflict(format!("{email} is already a member of this team")))?;
+    let joined_at = joined
+        .ok_or_else(|| ApiError::conflict(format!("{email} is already a member of this team")))?;
     let member_id = ids::encode(IdKind::User, user_id);
     audit::record(
         &app.db,
-        team_audit(session, team.id, "member", member_id.clone(), "add").metadata(json!({ "email": email })),
+        team_audit(session, team.id, "member", member_id.clone(), "add")
+            .metadata(json!({ "email": email })),
     )
     .await;
     Ok(TeamMember {
@@ -380,7 +443,9 @@ pub async fn set_role(
     let team = team_managed_by(app, session.user_id, id).await?;
     let (user_id, current) = member_role(app, team.id, user).await?;
     if current == TeamRole::Owner {
-        return Err(ApiError::forbidden("the team owner's role cannot be changed"));
+        return Err(ApiError::forbidden(
+            "the team owner's role cannot be changed",
+        ));
     }
     // The guard on the role keeps a concurrent ownership change from being overwritten.
     let row: Option<MemberRow> = sqlx::query_as(
@@ -394,7 +459,8 @@ pub async fn set_role(
     .bind(req.role.as_str())
     .fetch_optional(&app.db)
     .await?;
-    let row = row.ok_or_else(|| ApiError::not_found(format!("user {user} is not a member of this team")))?;
+    let row = row
+        .ok_or_else(|| ApiError::not_found(format!("user {user} is not a member of this team")))?;
     audit::record(
         &app.db,
         team_audit(session, team.id, "member", user.to_string(), "role_change")
@@ -422,7 +488,12 @@ async fn delete_membership(app: &App, team_id: Uuid, user_id: Uuid) -> ApiResult
 }
 
 /// Removes a member (not the owner). Their sessions for this team stop working at once.
-pub async fn remove_member(app: &App, session: &UserSession, id: &str, user: &str) -> ApiResult<()> {
+pub async fn remove_member(
+    app: &App,
+    session: &UserSession,
+    id: &str,
+    user: &str,
+) -> ApiResult<()> {
     let team = team_managed_by(app, session.user_id, id).await?;
     let (user_id, role) = member_role(app, team.id, user).await?;
     if role == TeamRole::Owner || !delete_membership(app, team.id, user_id).await? {
@@ -448,7 +519,13 @@ pub async fn leave(app: &App, session: &UserSession, id: &str) -> ApiResult<()> 
     }
     audit::record(
         &app.db,
-        team_audit(session, team.id, "member", ids::encode(IdKind::User, session.user_id), "leave"),
+        team_audit(
+            session,
+            team.id,
+            "member",
+            ids::encode(IdKind::User, session.user_id),
+            "leave",
+        ),
     )
     .await;
     Ok(())
@@ -463,7 +540,10 @@ pub async fn search_users(app: &App, prefix: &str) -> ApiResult<Vec<UserSearchRe
     }
     let pattern = format!(
         "{}%",
-        prefix.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")
+        prefix
+            .replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_")
     );
     let rows: Vec<(Uuid, String)> = sqlx::query_as(
         "SELECT id, email FROM users WHERE email LIKE $1 ESCAPE '\\' AND status = 'active'
@@ -488,7 +568,10 @@ mod tests {
 
     #[test]
     fn team_names() {
-        assert_eq!(validate_team_name(" My_Team 2 ").expect("valid"), "My_Team 2");
+        assert_eq!(
+            validate_team_name(" My_Team 2 ").expect("valid"),
+            "My_Team 2"
+        );
         for bad in ["", "   ", "a'b", "a-b", "ü", &"a".repeat(129)] {
             assert!(validate_team_name(bad).is_err(), "{bad:?}");
         }

@@ -51,13 +51,20 @@ pub async fn tick(app: &AppState) -> crate::ApiResult<()> {
         let client = app.agents.client_for(host.id, &host.address);
         match tokio::time::timeout(
             LIST_TIMEOUT,
-            client.call::<_, pb::ListSandboxesResponse>("ListSandboxes", &pb::ListSandboxesRequest {}),
+            client.call::<_, pb::ListSandboxesResponse>(
+                "ListSandboxes",
+                &pb::ListSandboxesRequest {},
+            ),
         )
         .await
         {
             Ok(Ok(list)) => reconcile(app, &host, &client, list).await?,
-            Ok(Err(e)) => tracing::debug!(host = %host.public_id(), error = %e, "could not list sandboxes; trying next round"),
-            Err(_) => tracing::debug!(host = %host.public_id(), "listing sandboxes timed out; trying next round"),
+            Ok(Err(e)) => {
+                tracing::debug!(host = %host.public_id(), error = %e, "could not list sandboxes; trying next round")
+            }
+            Err(_) => {
+                tracing::debug!(host = %host.public_id(), "listing sandboxes timed out; trying next round")
+            }
         }
     }
     Ok(())
@@ -94,13 +101,8 @@ async fn mark_silent_hosts(app: &AppState) -> crate::ApiResult<()> {
             .fetch_all(&app.db)
             .await?;
         for row in rows {
-            if let Some(missing) = transition(
-                app,
-                row.id,
-                &[row.status.as_str()],
-                CapsuleStatus::Missing,
-            )
-            .await?
+            if let Some(missing) =
+                transition(app, row.id, &[row.status.as_str()], CapsuleStatus::Missing).await?
             {
                 capsules::capsule_event(
                     app,
@@ -125,10 +127,21 @@ async fn reconcile(
     client: &AgentClient,
     list: pb::ListSandboxesResponse,
 ) -> crate::ApiResult<()> {
-    let alive: HashSet<&str> = list.sandboxes.iter().map(|s| s.sandbox_id.as_str()).collect();
-    let auto_paused: HashSet<&str> = list.auto_paused_sandbox_ids.iter().map(String::as_str).collect();
-    let ttl_destroyed: HashSet<&str> =
-        list.ttl_destroyed_sandbox_ids.iter().map(String::as_str).collect();
+    let alive: HashSet<&str> = list
+        .sandboxes
+        .iter()
+        .map(|s| s.sandbox_id.as_str())
+        .collect();
+    let auto_paused: HashSet<&str> = list
+        .auto_paused_sandbox_ids
+        .iter()
+        .map(String::as_str)
+        .collect();
+    let ttl_destroyed: HashSet<&str> = list
+        .ttl_destroyed_sandbox_ids
+        .iter()
+        .map(String::as_str)
+        .collect();
     let sql = format!(
         "SELECT {COLUMNS} FROM sandboxes WHERE host_id = $1 AND status NOT IN ('stopped', 'error')"
     );

@@ -5,6 +5,7 @@
 //! - [`usage_rollup`]: hourly, stores yesterday's usage per team.
 //! - [`events_prune`]: hourly, drops events past retention.
 //! - [`host_monitor`]: marks silent hosts unreachable and reconciles capsule states.
+//! - housekeeping (hourly): purges accounts deleted 15 days ago, drops expired tokens.
 
 pub mod events_prune;
 pub mod host_monitor;
@@ -22,12 +23,31 @@ pub fn spawn(app: &AppState, stop: &CancellationToken) {
     usage_rollup::spawn(app.db.clone(), stop.clone());
     events_prune::spawn(app.db.clone(), stop.clone());
     host_monitor::spawn(app.clone(), stop.clone());
+    // Accounts deleted 15 days ago are purged; expired one-time tokens are dropped.
+    let db = app.db.clone();
+    every(
+        "housekeeping",
+        Duration::from_secs(3600),
+        stop.clone(),
+        move || {
+            let db = db.clone();
+            async move {
+                if let Err(e) = crate::service::accounts::housekeeping(&db).await {
+                    tracing::warn!(error = %format!("{e:#}"), "account housekeeping failed");
+                }
+            }
+        },
+    );
 }
 
 /// Runs `tick` every `period` (the first run at once) until `stop`. A tick that overruns delays
 /// the next one rather than piling up.
-pub(crate) fn every<F, Fut>(name: &'static str, period: Duration, stop: CancellationToken, mut tick: F)
-where
+pub(crate) fn every<F, Fut>(
+    name: &'static str,
+    period: Duration,
+    stop: CancellationToken,
+    mut tick: F,
+) where
     F: FnMut() -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send,
 {

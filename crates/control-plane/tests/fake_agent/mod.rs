@@ -40,11 +40,11 @@ where
         post(move |req: Request| {
             let handler = handler.clone();
             async move {
-                let resp: Response<BoxBody> = wrenn_protocol::connect::server::unary(
-                    req,
-                    move |_: CallInfo, msg: Req| handler(msg),
-                )
-                .await;
+                let resp: Response<BoxBody> =
+                    wrenn_protocol::connect::server::unary(req, move |_: CallInfo, msg: Req| {
+                        handler(msg)
+                    })
+                    .await;
                 resp
             }
         }),

@@ -8,17 +8,13 @@
 pub mod platform;
 
 use sqlx::PgPool;
-use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
-use wrenn_control_plane::agents::{AgentPool, AgentTransport};
 use wrenn_control_plane::auth::jwt::JwtKeys;
 use wrenn_control_plane::auth::secrets::{api_key_display_prefix, hash_secret, new_api_key};
 use wrenn_control_plane::email::Mailer;
-use wrenn_control_plane::events::EventHub;
 use wrenn_control_plane::ids::{self, IdKind};
-use wrenn_control_plane::internal_pki::InternalPki;
-use wrenn_control_plane::state::{App, AppState, Settings};
+use wrenn_control_plane::state::{AppState, Settings};
 
 pub const JWT_SECRET: &str = "test-secret-test-secret-test-secret-0123";
 
@@ -65,24 +61,16 @@ impl TestApp {
         mtls: bool,
         mailer: Mailer,
     ) -> Self {
-        let ca = wrenn_control_plane::internal_pki::load_ca(&db, None)
-            .await
-            .expect("internal CA");
-        let pki = Arc::new(InternalPki::new(ca).expect("pki"));
-        let transport = if mtls {
-            AgentTransport::MutualTls(pki.client_config.clone())
-        } else {
-            AgentTransport::Plain
-        };
-        let app = Arc::new(App {
+        let app = wrenn_control_plane::run::assemble(
             db,
-            jwt: JwtKeys::new(JWT_SECRET).expect("jwt keys"),
+            JwtKeys::new(JWT_SECRET).expect("jwt keys"),
             settings,
-            agents: AgentPool::new(transport),
-            events: EventHub::new(),
+            None,
+            mtls,
             mailer,
-            pki,
-        });
+        )
+        .await
+        .expect("app state");
         let stop = CancellationToken::new();
         wrenn_control_plane::run::spawn_workers(&app, stop.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -91,12 +79,14 @@ impl TestApp {
         let addr = listener.local_addr().expect("addr");
         let router = wrenn_control_plane::api::router(app.clone());
         let shutdown = stop.clone();
-        tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move { shutdown.cancelled().await })
-                .await
-                .expect("serve");
-        });
+        // The production server: read-header and idle timeouts, connection info for the proxy.
+        tokio::spawn(wrenn_http::server::serve(
+            listener,
+            router,
+            None,
+            wrenn_http::server::ServerLimits::default(),
+            async move { shutdown.cancelled().await },
+        ));
         Self {
             app,
             base: format!("http://{addr}"),
@@ -250,5 +240,57 @@ impl TestApp {
             user_id: text("user_id"),
             team_id: text("team_id"),
         }
+    }
+}
+
+/// The JSON body of a response.
+pub async fn json_of(resp: reqwest::Response) -> serde_json::Value {
+    resp.json().await.expect("json body")
+}
+
+/// The status and `error.code` of a response (an empty code when the body has none).
+pub async fn status_and_code(resp: reqwest::Response) -> (u16, String) {
+    let status = resp.status().as_u16();
+    let body: serde_json::Value = resp.json().await.unwrap_or_default();
+    let code = body["error"]["code"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    (status, code)
+}
+
+impl TestApp {
+    /// A request with a session token and an optional JSON body.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        jwt: &str,
+        body: Option<serde_json::Value>,
+    ) -> reqwest::Response {
+        let mut req = self.http.request(method, self.url(path)).bearer_auth(jwt);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        req.send().await.expect("send")
+    }
+}
+
+/// `error.code` of a response, after checking its status.
+pub async fn expect_error(resp: reqwest::Response, status: u16) -> String {
+    let (got, code) = status_and_code(resp).await;
+    assert_eq!(got, status, "status");
+    code
+}
+
+impl TestApp {
+    /// `POST /v1/auth/login`.
+    pub async fn login(&self, email: &str, password: &str) -> reqwest::Response {
+        self.http
+            .post(self.url("/v1/auth/login"))
+            .json(&serde_json::json!({ "email": email, "password": password }))
+            .send()
+            .await
+            .expect("login")
     }
 }

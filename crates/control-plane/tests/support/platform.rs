@@ -30,6 +30,7 @@ impl Platform {
         let settings = Settings {
             host_monitor_period: Duration::from_secs(1),
             heartbeat_timeout: Duration::from_secs(4),
+            min_capsule_timeout_sec: 2,
             ..Settings::default()
         };
         let cp = TestApp::start_with(db, settings, true).await;

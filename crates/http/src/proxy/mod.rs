@@ -13,6 +13,8 @@
 //!    ([`location_under_prefix`] on the agent, [`location_without_prefix`] on the control
 //!    plane) and streams the body back, through [`AbortableBody`] when it must be cut off on
 //!    demand (a sandbox being paused or destroyed).
+//!
+//! [`https_client`] is the control plane's client for step 2 (agents over mTLS).
 
 mod body;
 mod headers;
@@ -23,3 +25,29 @@ pub use headers::{
     location_under_prefix, location_without_prefix, requested_upgrade, rewrite_locations,
     strip_hop_by_hop,
 };
+
+use http_body::Body;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// An HTTPS client for proxying user traffic to agents (the control plane's subdomain proxy),
+/// separate from the RPC client so user traffic never queues behind the control path:
+/// HTTP/1.1 over `config` (mTLS), 30 s connect, up to 20 idle connections per agent kept for
+/// 120 s (upstream's proxy transport). Requests keep the `Host` they are given.
+pub fn https_client<B>(
+    config: Arc<rustls::ClientConfig>,
+) -> Client<HttpsConnector<HttpConnector>, B>
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+{
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(120))
+        .pool_max_idle_per_host(20)
+        .pool_timer(TokioTimer::new())
+        .build(crate::tls::https_connector(config, Duration::from_secs(30)))
+}

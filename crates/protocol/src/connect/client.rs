@@ -99,15 +99,7 @@ impl ConnectClient {
     /// 620 s), connects time out after 10 s.
     #[cfg(feature = "tls")]
     pub fn with_tls(base: impl Into<String>, config: std::sync::Arc<rustls::ClientConfig>) -> Self {
-        let mut config = (*config).clone();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let mut tcp = HttpConnector::new();
-        tcp.set_connect_timeout(Some(Duration::from_secs(10)));
-        tcp.set_keepalive(Some(Duration::from_secs(30)));
-        tcp.set_nodelay(true);
-        tcp.enforce_http(false);
-        let mut https = hyper_rustls::HttpsConnector::from((tcp, config));
-        https.enforce_https();
+        let https = wrenn_http::tls::https_connector(config, Duration::from_secs(10));
         let http = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(20)

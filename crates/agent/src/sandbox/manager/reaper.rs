@@ -136,12 +136,6 @@ impl SandboxManager {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::network::SlotAddresses;
-    use crate::sandbox::envd::EnvdClient;
-    use crate::sandbox::record::SandboxRecord;
-    use crate::vmm::{DiskFormat, VmHandle, VmmKind};
-    use std::net::IpAddr;
-    use std::sync::atomic::Ordering;
 
     #[test]
     fn ids_are_reported_for_the_window_and_forgotten_on_request() {
@@ -163,43 +157,8 @@ mod tests {
         assert!(ids.current_at(start).is_empty());
     }
 
-    /// Puts a sandbox with no VM behind it into the manager.
     fn add(manager: &Arc<SandboxManager>, id: &str, slot: u32, timeout_sec: u32, idle_for: i64) {
-        let dir = manager.cfg.layout.sandbox_dir(id);
-        std::fs::create_dir_all(&dir).expect("dir");
-        let addresses = SlotAddresses::for_slot(slot);
-        assert!(manager.slots.reserve(slot));
-        let record = SandboxRecord {
-            sandbox_id: id.into(),
-            vcpus: 1,
-            memory_mb: 512,
-            disk_size_mb: 1024,
-            timeout_sec,
-            team_id: String::new(),
-            template_id: String::new(),
-            template: String::new(),
-            default_user: String::new(),
-            default_env: Default::default(),
-            metadata: Default::default(),
-            slot,
-            host_ip: addresses.host_ip.to_string(),
-            created_at_unix: now_unix(),
-            image_version: "test".into(),
-            kernel_release: "test".into(),
-            disk: dir.join("rootfs.ext4"),
-            disk_format: DiskFormat::Raw,
-            vm: VmHandle {
-                kind: VmmKind::Qemu,
-                pid: slot,
-                start_time: 0,
-                control_socket: dir.join("qmp.sock"),
-                serial_log: dir.join("serial.log"),
-            },
-        };
-        let envd = EnvdClient::new(id, IpAddr::V4(addresses.host_ip));
-        let sb = manager.register(record, addresses, envd, dir);
-        sb.last_active
-            .store(now_unix() - idle_for, Ordering::Relaxed);
+        manager.add_test_sandbox(id, slot, timeout_sec, idle_for, None);
     }
 
     #[tokio::test]

@@ -98,7 +98,9 @@ pub async fn bootstrap_admin(
         .await
         .map_err(|e| anyhow::anyhow!("API key: {e}"))?
         .1;
-    tx.commit().await.context("committing the bootstrap admin")?;
+    tx.commit()
+        .await
+        .context("committing the bootstrap admin")?;
     Ok(BootstrapOutcome {
         user_id,
         team_id,

@@ -185,7 +185,11 @@ pub(crate) fn parse_role(role: &str) -> TeamRole {
 }
 
 /// Signs a session for `user_id` acting in `team_id`, reading name, role and admin flag fresh.
-pub(crate) async fn issue_session(app: &App, user_id: Uuid, team_id: Uuid) -> ApiResult<AuthResponse> {
+pub(crate) async fn issue_session(
+    app: &App,
+    user_id: Uuid,
+    team_id: Uuid,
+) -> ApiResult<AuthResponse> {
     let row: Option<(String, String, bool, String)> = sqlx::query_as(
         "SELECT u.email, u.name, u.is_admin, ut.role
            FROM users u JOIN users_teams ut ON ut.user_id = u.id AND ut.team_id = $2
@@ -221,7 +225,13 @@ mod tests {
             normalize_email("  Alice@Example.TEST ").expect("valid"),
             "alice@example.test"
         );
-        for bad in ["", "alice", "@x.test", "a b@x.test", &format!("{}@x.test", "a".repeat(260))] {
+        for bad in [
+            "",
+            "alice",
+            "@x.test",
+            "a b@x.test",
+            &format!("{}@x.test", "a".repeat(260)),
+        ] {
             assert!(normalize_email(bad).is_err(), "{bad:?}");
         }
         assert!(validate_password("1234567").is_err());

@@ -44,7 +44,11 @@ pub async fn get_me(app: &App, session: &UserSession) -> ApiResult<Me> {
 }
 
 /// Renames the caller; the answer is a new session carrying the new name.
-pub async fn rename_me(app: &App, session: &UserSession, req: NameRequest) -> ApiResult<AuthResponse> {
+pub async fn rename_me(
+    app: &App,
+    session: &UserSession,
+    req: NameRequest,
+) -> ApiResult<AuthResponse> {
     let name = validate_name(&req.name)?;
     sqlx::query("UPDATE users SET name = $2, updated_at = now() WHERE id = $1")
         .bind(session.user_id)
@@ -106,7 +110,13 @@ pub async fn request_password_reset(app: &App, req: PasswordResetRequest) -> Api
         return Ok(());
     };
     let mut conn = app.db.acquire().await?;
-    let token = issue_token(&mut conn, TokenPurpose::PasswordReset, user_id, PASSWORD_RESET_TTL).await?;
+    let token = issue_token(
+        &mut conn,
+        TokenPurpose::PasswordReset,
+        user_id,
+        PASSWORD_RESET_TTL,
+    )
+    .await?;
     let link = format!("{}/reset-password?token={token}", app.settings.public_url);
     app.mailer.send_later(
         email,
@@ -153,7 +163,11 @@ pub async fn confirm_password_reset(app: &App, req: PasswordResetConfirm) -> Api
 /// Deletes the caller's account: refused while they own a team with other members or are the
 /// last platform admin. Teams they own alone are deleted, the API keys they created revoked,
 /// their other memberships ended; the row is kept (status `deleted`) until the purge.
-pub async fn delete_me(app: &App, session: &UserSession, req: DeleteAccountRequest) -> ApiResult<()> {
+pub async fn delete_me(
+    app: &App,
+    session: &UserSession,
+    req: DeleteAccountRequest,
+) -> ApiResult<()> {
     let user = load_user(app, session.user_id).await?;
     if req.confirmation.trim().to_lowercase() != user.email {
         return Err(ApiError::invalid(

@@ -21,7 +21,9 @@ pub const SIGNUP_MESSAGE: &str =
 /// unactivated signup blocks its email for the activation window, then a new signup replaces it.
 pub async fn signup(app: &App, req: SignupRequest) -> ApiResult<()> {
     if !app.settings.signup_enabled {
-        return Err(ApiError::forbidden("signups are disabled on this installation"));
+        return Err(ApiError::forbidden(
+            "signups are disabled on this installation",
+        ));
     }
     let email = normalize_email(&req.email)?;
     validate_password(&req.password)?;

@@ -91,8 +91,8 @@ pub async fn run(target: &Target, req: ExecRequest) -> ApiResult<ExecResponse> {
             Code::DeadlineExceeded => ApiError::new(
                 ErrorCode::AgentError,
                 format!(
-                    "`{}` did not finish within {timeout}s and was killed ({})",
-                    req.cmd, e.message
+                    "`{}` did not finish within {timeout}s and was killed",
+                    req.cmd
                 ),
             ),
             Code::ResourceExhausted => ApiError::new(

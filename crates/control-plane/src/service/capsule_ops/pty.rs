@@ -33,7 +33,6 @@ pub struct PtyCommand {
     pub args: Vec<String>,
     pub envs: BTreeMap<String, String>,
     pub cwd: Option<String>,
-    pub user: Option<String>,
     pub cols: Option<u16>,
     pub rows: Option<u16>,
 }
@@ -66,7 +65,8 @@ pub async fn start(target: &Target, command: PtyCommand, tag: &str) -> ApiResult
         rows: rows.into(),
         envs: command.envs.into_iter().collect(),
         cwd: command.cwd.unwrap_or_default(),
-        user: command.user.unwrap_or_default(),
+        // The capsule's default user, as for every other command (upstream ignored `user` too).
+        user: String::new(),
     };
     open(target, call, None).await
 }

@@ -2,9 +2,6 @@
 //! gets the pty as stdin/stdout/stderr and as its controlling terminal (new session), so raw
 //! mode, window size and kernel-delivered SIGWINCH all behave as in a real terminal.
 //!
-//! Reusable by end-to-end tests (only std, nix and libc): include it with
-//! `#[path = "<…>/crates/cli/tests/support/pty.rs"] mod pty;`.
-//!
 //! ```ignore
 //! let mut term = PtyProcess::spawn(Command::new(wrenn).args(["shell", id]), 100, 30)?;
 //! term.wait_for_output("re-attach with", Duration::from_secs(10))?;
@@ -116,7 +113,7 @@ impl PtyProcess {
 
     /// Waits until the output contains `needle`; the error carries the output seen.
     pub fn wait_for_output(&self, needle: &str, timeout: Duration) -> Result<(), String> {
-        wait_until(timeout, || self.output().contains(needle)).map_err(|()| {
+        wait_until(timeout, || self.output().contains(needle)).map_err(|_| {
             format!(
                 "no {needle:?} in the terminal output after {timeout:?}; got {:?}",
                 self.output()
@@ -203,8 +200,9 @@ impl Drop for PtyProcess {
     }
 }
 
-/// Polls `condition` every 10 ms until it holds or `timeout` passes.
-pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> Result<(), ()> {
+/// Polls `condition` every 10 ms until it holds or `timeout` passes; the error says how long
+/// it waited.
+pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> Result<(), String> {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         if condition() {
@@ -212,5 +210,9 @@ pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> Res
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    if condition() { Ok(()) } else { Err(()) }
+    if condition() {
+        Ok(())
+    } else {
+        Err(format!("condition still false after {timeout:?}"))
+    }
 }

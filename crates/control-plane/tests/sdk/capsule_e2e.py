@@ -1,0 +1,130 @@
+"""Drives a real capsule with the unmodified official `wrenn` SDK (0.3.0).
+
+Run by tests/sdk_e2e.rs with WRENN_BASE_URL and WRENN_API_KEY set. Prints one line per check and
+"ALL OK" at the end; any failure raises (non-zero exit with a traceback).
+"""
+
+import hashlib
+import os
+import time
+
+import httpx
+import wrenn
+from wrenn import Capsule, StreamExitEvent, StreamStdoutEvent, StreamStartEvent
+
+
+def check(name, cond, detail=""):
+    if not cond:
+        raise AssertionError(f"{name}: {detail}")
+    print(f"ok {name}", flush=True)
+
+
+with Capsule(wait=True) as c:
+    info = c.info
+    check("create+wait", info is not None and info.status == "running", repr(info))
+
+    r = c.commands.run("echo hello; echo oops >&2; exit 42")
+    check("run stdout/stderr/exit", (r.stdout, r.stderr, r.exit_code) == ("hello\n", "oops\n", 42), repr(r))
+    r = c.commands.run("echo $GREETING; pwd", envs={"GREETING": "hi"}, cwd="/tmp")
+    check("run envs+cwd", r.stdout == "hi\n/tmp\n", repr(r))
+    c.commands.run("mkdir -p repo")
+    r = c.commands.run("pwd", cwd="repo")
+    check("relative cwd", r.stdout.strip().endswith("/repo"), repr(r))
+    r = c.commands.run("printf '\\377\\376'")
+    check("non-utf8 output", r.exit_code == 0, repr(r))
+
+    h = c.commands.run("sleep 300", background=True, tag="sleeper")
+    check("background", h.pid > 0 and h.tag == "sleeper", repr(h))
+    procs = c.commands.list()
+    check("process list", any(p.pid == h.pid for p in procs), repr(procs))
+    c.commands.kill(h.pid)
+    time.sleep(0.5)
+    check("kill", all(p.pid != h.pid for p in c.commands.list()))
+
+    events = list(c.commands.stream("for i in 1 2 3; do echo line$i; done; exit 3"))
+    out = "".join(e.data for e in events if isinstance(e, StreamStdoutEvent))
+    check("stream order", isinstance(events[0], StreamStartEvent) and out == "line1\nline2\nline3\n", repr(events))
+    check("stream exit", isinstance(events[-1], StreamExitEvent) and events[-1].exit_code == 3, repr(events[-1]))
+
+    bg = c.commands.run("sleep 1; echo done-late", background=True)
+    late = list(c.commands.connect(bg.pid))
+    check("re-attach", isinstance(late[-1], StreamExitEvent), repr(late))
+
+    c.files.write("/tmp/a/b/hello.txt", "hello files")
+    check("write+read", c.files.read("/tmp/a/b/hello.txt") == "hello files")
+    blob = os.urandom(300_000)
+    c.files.write("/tmp/blob.bin", blob)
+    check("binary round trip", c.files.read_bytes("/tmp/blob.bin") == blob)
+    names = [e.name for e in c.files.list("/tmp/a/b")]
+    check("list", names == ["hello.txt"], repr(names))
+    check("exists", c.files.exists("/tmp/a/b/hello.txt") and not c.files.exists("/tmp/nope"))
+    d1 = c.files.make_dir("/tmp/newdir")
+    d2 = c.files.make_dir("/tmp/newdir")
+    check("make_dir idempotent", d1.name == d2.name == "newdir" and d2.type == "directory", repr(d2))
+    c.files.remove("/tmp/a")
+    check("remove", not c.files.exists("/tmp/a"))
+    try:
+        c.files.read("/tmp/missing")
+        check("read missing", False, "no error")
+    except wrenn.WrennNotFoundError:
+        check("read missing -> not_found", True)
+
+    chunks = [os.urandom(1 << 20) for _ in range(8)]
+    c.files.upload_stream("/tmp/big.bin", iter(chunks))
+    got = hashlib.sha256()
+    size = 0
+    for chunk in c.files.download_stream("/tmp/big.bin"):
+        got.update(chunk)
+        size += len(chunk)
+    check("stream upload/download", size == 8 << 20 and got.hexdigest() == hashlib.sha256(b"".join(chunks)).hexdigest())
+
+    with c.pty(cols=100, rows=30) as term:
+        term.write(b"stty size; echo marker-$((6*7))\n")
+        seen = b""
+        for ev in term:
+            if ev.type == "output" and ev.data:
+                seen += ev.data
+                if b"marker-42" in seen:
+                    break
+        tag = term.tag
+    check("pty output and size", b"30 100" in seen and tag, repr(seen[-200:]))
+    with c.pty_connect(tag) as again:
+        again.write(b"exit 5\n")
+        code = None
+        for ev in again:
+            if ev.type == "exit":
+                code = ev.exit_code
+                break
+    check("pty re-attach and exit", code == 5, repr(code))
+
+    c.commands.run("mkdir -p /tmp/site && echo proxied > /tmp/site/index.html")
+    c.commands.run("cd /tmp/site && exec python3 -m http.server 8000", background=True)
+    url = c.get_url(8000)
+    base = httpx.URL(os.environ["WRENN_BASE_URL"])
+    check("get_url shape", url == f"http://8000-{c.capsule_id}.{base.host}:{base.port}", url)
+    # The proxy host has no DNS here: connect to the API listener and send the Host header the
+    # URL names, as a wildcard DNS record would.
+    body = None
+    for _ in range(100):
+        try:
+            resp = httpx.get(f"http://{base.host}:{base.port}/", headers={"Host": httpx.URL(url).netloc.decode()}, timeout=5)
+            if resp.status_code == 200:
+                body = resp.text
+                break
+            assert resp.status_code >= 500, resp.status_code
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    check("port proxy via get_url", body == "proxied\n", f"{url} -> {body!r}")
+
+    capsule_id = c.capsule_id
+
+client = wrenn.WrennClient()
+gone = client.capsules.get(capsule_id)
+check("destroyed on exit", gone.status in ("stopped", "missing"), repr(gone))
+try:
+    client.capsules.get("cl-0000000000000000000000000")
+    check("unknown capsule", False, "no error")
+except wrenn.WrennNotFoundError:
+    check("unknown capsule -> not_found", True)
+print("ALL OK")
