@@ -49,8 +49,10 @@ log "building the control plane, host agent and CLI (release)"
 cargo build --locked --release -p wrenn-control-plane -p wrenn-agent -p wrenn-cli
 target="${CARGO_TARGET_DIR:-target}/release"
 
+private_pg=""
 if [ -z "${DATABASE_URL:-}" ]; then
-  admin_url="$(ensure_postgres "$WRENN_DIR/postgres" "${WRENN_PG_PORT:-5433}")"
+  private_pg="$WRENN_DIR/postgres"
+  admin_url="$(ensure_postgres "$private_pg" "${WRENN_PG_PORT:-5433}")"
   psql -q "$admin_url" -tc "SELECT 1 FROM pg_database WHERE datname = 'wrenn'" | grep -q 1 ||
     psql -q "$admin_url" -c "CREATE DATABASE wrenn" >/dev/null
   export DATABASE_URL="${admin_url%/postgres}/wrenn"
@@ -66,6 +68,9 @@ pids=()
 stop_all() {
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  if [ -n "$private_pg" ]; then
+    runuser -u postgres -- /usr/lib/postgresql/15/bin/pg_ctl -D "$private_pg" -m fast stop >/dev/null 2>&1 || true
+  fi
 }
 trap stop_all EXIT
 trap 'exit 130' INT TERM

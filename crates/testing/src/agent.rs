@@ -1,8 +1,9 @@
 //! A real `wrenn-agent` process for tests.
 //!
 //! Each one gets its own data directory and its own range of network slots, so tests (and a
-//! developer's running agent) never touch each other's namespaces or VMs. Dropping it stops the
-//! agent with `--destroy-on-exit` semantics: its VMs and slots are cleaned up.
+//! developer's running agent) never touch each other's namespaces or VMs. Dropping it kills the
+//! agent and runs `wrenn-agent cleanup`, so whatever a test (even a failed one) left running is
+//! gone with the data directory.
 
 use crate::vm::images_dir;
 use std::path::PathBuf;
@@ -183,7 +184,7 @@ impl AgentProcess {
 
 impl Drop for AgentProcess {
     fn drop(&mut self) {
-        self.stop();
+        self.crash();
         self.cleanup();
     }
 }

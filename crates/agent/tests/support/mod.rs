@@ -5,47 +5,17 @@
 
 #![allow(dead_code)]
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 use wrenn_protocol::connect::ConnectClient;
 use wrenn_protocol::envd::rpc_path;
 use wrenn_protocol::hostagent::{self as pb, SERVICE};
+use wrenn_testing::{AgentOptions, AgentProcess};
 
-/// Where the test image lives (built by `scripts/build-image.sh`, which the test script runs).
-pub fn images_dir() -> PathBuf {
-    std::env::var_os("WRENN_TEST_IMAGES_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/tmp/wrenn-cache/images"))
-}
-
-/// Why VM tests cannot run here, if they cannot. With `WRENN_REQUIRE_VM_TESTS=1` (the test
-/// script sets it) a missing prerequisite fails the test instead of skipping it.
+/// Why VM tests cannot run here, if they cannot (see [`wrenn_testing::vm`]).
 pub fn vm_prerequisites_missing() -> Option<String> {
-    let mut missing = Vec::new();
-    if !nix::unistd::Uid::effective().is_root() {
-        missing.push("root (network namespaces, TAP devices)".to_string());
-    }
-    for tool in ["qemu-system-x86_64", "qemu-img", "ip", "nft"] {
-        if which(tool).is_none() {
-            missing.push(format!("{tool} on PATH"));
-        }
-    }
-    if !images_dir().join("current/manifest.json").exists() {
-        missing.push(format!(
-            "a guest image in {} (run scripts/build-image.sh)",
-            images_dir().display()
-        ));
-    }
-    if missing.is_empty() {
-        return None;
-    }
-    let reason = missing.join(", ");
-    if std::env::var("WRENN_REQUIRE_VM_TESTS").as_deref() == Ok("1") {
-        panic!("VM test prerequisites missing: {reason}");
-    }
-    Some(reason)
+    wrenn_testing::vm::prerequisites_missing()
 }
 
 /// Skips the calling test (with a message) when VM prerequisites are missing.
@@ -59,134 +29,51 @@ macro_rules! require_vm {
     };
 }
 
-pub fn which(tool: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(tool))
-        .find(|p| p.is_file())
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
+/// A real `wrenn-agent` process (see [`AgentProcess`]) and a plain-HTTP RPC client for it.
 pub struct Agent {
-    pub data_dir: PathBuf,
-    _tmp: Option<tempfile::TempDir>,
-    pub slots: String,
-    pub port: u16,
-    pub metadata_port: u16,
-    child: Option<Child>,
+    process: AgentProcess,
     pub client: ConnectClient,
+}
+
+impl std::ops::Deref for Agent {
+    type Target = AgentProcess;
+    fn deref(&self) -> &AgentProcess {
+        &self.process
+    }
+}
+
+impl std::ops::DerefMut for Agent {
+    fn deref_mut(&mut self) -> &mut AgentProcess {
+        &mut self.process
+    }
+}
+
+fn client_for(port: u16) -> ConnectClient {
+    ConnectClient::new(format!("http://127.0.0.1:{port}"))
+        .with_unary_timeout(Duration::from_secs(300))
 }
 
 impl Agent {
     /// Starts an agent with a fresh data directory and the given slot range (`"100-119"`).
     pub fn start(slots: &str) -> Agent {
-        let tmp = tempfile::Builder::new()
-            .prefix("wrenn-agent-test-")
-            .tempdir_in("/var/tmp")
-            .expect("tempdir");
-        let data_dir = tmp.path().to_path_buf();
-        let mut agent = Agent {
-            data_dir,
-            _tmp: Some(tmp),
+        let process = AgentProcess::start(AgentOptions {
+            binary: PathBuf::from(env!("CARGO_BIN_EXE_wrenn-agent")),
             slots: slots.to_string(),
-            port: 0,
-            metadata_port: 0,
-            child: None,
-            client: ConnectClient::new("http://127.0.0.1:1"),
-        };
-        agent.spawn();
-        agent
+            port: None,
+            extra_args: Vec::new(),
+        });
+        let client = client_for(process.port);
+        Agent { process, client }
     }
 
-    /// (Re)starts the agent process on the same data directory.
+    /// (Re)starts the agent process on the same data directory and port.
     pub fn spawn(&mut self) {
-        self.port = free_port();
-        self.metadata_port = free_port();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.data_dir.join("agent-test.log"))
-            .expect("log");
-        let child = Command::new(env!("CARGO_BIN_EXE_wrenn-agent"))
-            .arg("serve")
-            .arg("--data-dir")
-            .arg(&self.data_dir)
-            .arg("--images-dir")
-            .arg(images_dir())
-            .args(["--slots", &self.slots])
-            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
-            .args(["--metadata-port", &self.metadata_port.to_string()])
-            .args(["--vmm", "qemu"])
-            .args(["--default-disk", "2G"])
-            .args(["--boot-timeout-secs", "150"])
-            .env("RUST_LOG", "info,wrenn_agent=debug")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("start wrenn-agent");
-        self.child = Some(child);
-        self.client = ConnectClient::new(format!("http://127.0.0.1:{}", self.port))
-            .with_unary_timeout(Duration::from_secs(300));
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!("wrenn-agent exited with {status}:\n{}", self.log_tail());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "agent did not listen:\n{}",
-                self.log_tail()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.process.spawn();
+        self.client = client_for(self.process.port);
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().map(|c| c.id()).expect("running agent")
-    }
-
-    /// Kills the agent the hard way (a crash), leaving its VMs behind.
-    pub fn crash(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// Stops the agent with SIGTERM and waits for it.
-    pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(c.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            let deadline = Instant::now() + Duration::from_secs(40);
-            loop {
-                if let Ok(Some(_)) = c.try_wait() {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    let _ = c.kill();
-                    let _ = c.wait();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-    }
-
-    pub fn log_tail(&self) -> String {
-        let text =
-            std::fs::read_to_string(self.data_dir.join("agent-test.log")).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(60)..].join("\n")
+        self.process.pid().expect("running agent")
     }
 
     pub async fn call<Req, Resp>(
@@ -244,28 +131,6 @@ impl Agent {
         self.call("ListSandboxes", &pb::ListSandboxesRequest {})
             .await
             .expect("list")
-    }
-
-    /// Runs `wrenn-agent cleanup` on this agent's data directory and slots (after a failed test).
-    pub fn cleanup(&self) {
-        let _ = Command::new(env!("CARGO_BIN_EXE_wrenn-agent"))
-            .arg("cleanup")
-            .arg("--data-dir")
-            .arg(&self.data_dir)
-            .arg("--images-dir")
-            .arg(images_dir())
-            .args(["--slots", &self.slots])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        self.crash();
-        // Whatever a failed test left running goes away with the data directory.
-        self.cleanup();
     }
 }
 

@@ -95,10 +95,7 @@ pub async fn running(
 ) -> ApiResult<(CapsuleRow, AgentClient)> {
     let row = get_for_team(app, auth, id).await?;
     require_running(&row)?;
-    let host = row
-        .host_id
-        .ok_or_else(|| ApiError::host_unavailable("the capsule has no host"))?;
-    let client = app.agents.client(&app.db, host).await?;
+    let client = host_client(app, &row).await?;
     Ok((row, client))
 }
 
@@ -631,6 +628,47 @@ pub async fn ping(app: &App, auth: &AuthContext, id: &str) -> ApiResult<()> {
     Ok(())
 }
 
+/// The agent of the host a capsule lives on.
+pub async fn host_client(app: &App, row: &CapsuleRow) -> ApiResult<AgentClient> {
+    let host = row
+        .host_id
+        .ok_or_else(|| ApiError::host_unavailable("the capsule has no host"))?;
+    app.agents.client(&app.db, host).await
+}
+
+/// Ends a transitional state (`pausing`, `resuming`): moves the capsule on to `done` when the
+/// agent call succeeded, back to `before` when it failed, and raises `kind` with the outcome
+/// either way. So a failed pause leaves a running capsule, and a failed resume a paused one.
+async fn settle<T>(
+    app: &App,
+    during: &CapsuleRow,
+    result: ApiResult<T>,
+    done: CapsuleStatus,
+    before: CapsuleStatus,
+    kind: EventKind,
+    actor: &Actor,
+) -> ApiResult<Capsule> {
+    let from = [during.status.as_str()];
+    let (to, outcome, error) = match &result {
+        Ok(_) => (done, Outcome::Success, None),
+        Err(e) => (before, Outcome::Error, Some(e.to_string())),
+    };
+    let row = transition(app, during.id, &from, to)
+        .await?
+        .unwrap_or_else(|| during.clone());
+    capsule_event(
+        app,
+        &row,
+        kind,
+        actor,
+        Some(outcome),
+        Metadata::new(),
+        error,
+    )
+    .await;
+    result.map(|_| row.to_api())
+}
+
 /// `POST /v1/capsules/{id}/pause`. A failed pause leaves the capsule running.
 pub async fn pause(app: &App, auth: &AuthContext, id: &str) -> ApiResult<Capsule> {
     let row = get_for_team(app, auth, id).await?;
@@ -643,11 +681,8 @@ pub async fn pause(app: &App, auth: &AuthContext, id: &str) -> ApiResult<Capsule
             ))
         })?;
     let result = async {
-        let host = row
-            .host_id
-            .ok_or_else(|| ApiError::host_unavailable("the capsule has no host"))?;
-        let client = app.agents.client(&app.db, host).await?;
-        client
+        host_client(app, &row)
+            .await?
             .call::<_, pb::PauseSandboxResponse>(
                 "PauseSandbox",
                 &pb::PauseSandboxRequest {
@@ -658,43 +693,19 @@ pub async fn pause(app: &App, auth: &AuthContext, id: &str) -> ApiResult<Capsule
             .map_err(|e| ApiError::from_agent(e, &format!("capsule {id}")))
     }
     .await;
-    match result {
-        Ok(_) => {
-            let paused = transition(app, row.id, &["pausing"], CapsuleStatus::Paused)
-                .await?
-                .unwrap_or(pausing);
-            capsule_event(
-                app,
-                &paused,
-                EventKind::CapsulePause,
-                &auth.actor(),
-                Some(Outcome::Success),
-                Metadata::new(),
-                None,
-            )
-            .await;
-            Ok(paused.to_api())
-        }
-        Err(e) => {
-            let reverted = transition(app, row.id, &["pausing"], CapsuleStatus::Running)
-                .await?
-                .unwrap_or(pausing);
-            capsule_event(
-                app,
-                &reverted,
-                EventKind::CapsulePause,
-                &auth.actor(),
-                Some(Outcome::Error),
-                Metadata::new(),
-                Some(e.to_string()),
-            )
-            .await;
-            Err(e)
-        }
-    }
+    settle(
+        app,
+        &pausing,
+        result,
+        CapsuleStatus::Paused,
+        CapsuleStatus::Running,
+        EventKind::CapsulePause,
+        &auth.actor(),
+    )
+    .await
 }
 
-/// `POST /v1/capsules/{id}/resume`.
+/// `POST /v1/capsules/{id}/resume`. A failed resume leaves the capsule paused.
 pub async fn resume(app: &App, auth: &AuthContext, id: &str) -> ApiResult<Capsule> {
     let row = get_for_team(app, auth, id).await?;
     let resuming = transition(app, row.id, &["paused"], CapsuleStatus::Resuming)
@@ -706,11 +717,8 @@ pub async fn resume(app: &App, auth: &AuthContext, id: &str) -> ApiResult<Capsul
             ))
         })?;
     let result = async {
-        let host = row
-            .host_id
-            .ok_or_else(|| ApiError::host_unavailable("the capsule has no host"))?;
-        let client = app.agents.client(&app.db, host).await?;
-        client
+        let resp = host_client(app, &row)
+            .await?
             .call_with_timeout::<_, pb::ResumeSandboxResponse>(
                 "ResumeSandbox",
                 &pb::ResumeSandboxRequest {
@@ -727,49 +735,24 @@ pub async fn resume(app: &App, auth: &AuthContext, id: &str) -> ApiResult<Capsul
                 CREATE_RPC_TIMEOUT,
             )
             .await
-            .map_err(|e| ApiError::from_agent(e, &format!("capsule {id}")))
+            .map_err(|e| ApiError::from_agent(e, &format!("capsule {id}")))?;
+        // A resumed VM may sit behind a new address.
+        sqlx::query("UPDATE sandboxes SET host_ip = $2, last_active_at = now() WHERE id = $1")
+            .bind(row.id)
+            .bind(&resp.host_ip)
+            .execute(&app.db)
+            .await?;
+        Ok(())
     }
     .await;
-    match result {
-        Ok(resp) => {
-            let sql = format!(
-                "UPDATE sandboxes SET status = 'running', host_ip = $2, last_active_at = now(),
-                        last_updated = now()
-                  WHERE id = $1 AND status = 'resuming' RETURNING {COLUMNS}"
-            );
-            let running = sqlx::query_as::<_, CapsuleRow>(sqlx::AssertSqlSafe(sql))
-                .bind(row.id)
-                .bind(&resp.host_ip)
-                .fetch_optional(&app.db)
-                .await?
-                .unwrap_or(resuming);
-            capsule_event(
-                app,
-                &running,
-                EventKind::CapsuleResume,
-                &auth.actor(),
-                Some(Outcome::Success),
-                Metadata::new(),
-                None,
-            )
-            .await;
-            Ok(running.to_api())
-        }
-        Err(e) => {
-            let back = transition(app, row.id, &["resuming"], CapsuleStatus::Paused)
-                .await?
-                .unwrap_or(resuming);
-            capsule_event(
-                app,
-                &back,
-                EventKind::CapsuleResume,
-                &auth.actor(),
-                Some(Outcome::Error),
-                Metadata::new(),
-                Some(e.to_string()),
-            )
-            .await;
-            Err(e)
-        }
-    }
+    settle(
+        app,
+        &resuming,
+        result,
+        CapsuleStatus::Running,
+        CapsuleStatus::Paused,
+        EventKind::CapsuleResume,
+        &auth.actor(),
+    )
+    .await
 }

@@ -232,17 +232,7 @@ pub async fn create(
     let host = load(app, id)
         .await?
         .ok_or_else(|| ApiError::internal("host vanished after insert"))?;
-    audit::record(
-        &app.db,
-        AuditEntry::new(
-            host.audit_team(),
-            session.ctx.actor(),
-            "host",
-            Some(host.public_id()),
-            "create",
-        ),
-    )
-    .await;
+    audit_by_user(app, session, &host, "create").await;
     Ok(CreateHostResponse {
         host: host.to_api(vec![]),
         registration_token: token,
@@ -450,6 +440,21 @@ pub async fn heartbeat(
     Ok(())
 }
 
+/// Audits an operator's action on a host.
+async fn audit_by_user(app: &App, session: &UserSession, host: &HostRow, action: &'static str) {
+    audit::record(
+        &app.db,
+        AuditEntry::new(
+            host.audit_team(),
+            session.ctx.actor(),
+            "host",
+            Some(host.public_id()),
+            action,
+        ),
+    )
+    .await;
+}
+
 /// Publishes `host.up`/`host.down` to the host's team and audits it.
 pub async fn host_event(app: &App, host: &HostRow, kind: EventKind, reason: &str) {
     let team = host.audit_team();
@@ -547,17 +552,7 @@ pub async fn delete(app: &App, session: &UserSession, id: &str, force: bool) -> 
         .execute(&app.db)
         .await?;
     app.agents.evict(host.id);
-    audit::record(
-        &app.db,
-        AuditEntry::new(
-            host.audit_team(),
-            session.ctx.actor(),
-            "host",
-            Some(host.public_id()),
-            "delete",
-        ),
-    )
-    .await;
+    audit_by_user(app, session, &host, "delete").await;
     Ok(())
 }
 
