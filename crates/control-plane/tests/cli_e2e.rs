@@ -1,6 +1,7 @@
-//! The `wrenn` CLI against the whole platform, a terminal session driven through a real
-//! pseudo-terminal: create, an interactive shell (raw mode, resize, exit code), exec exit
-//! codes, copying a file in and out, destroy.
+//! A new user, start to finish, against the whole platform: sign up and activate through the
+//! API (the link read from the sent email), `wrenn login` (password → session → API key), then
+//! the CLI in a terminal driven through a real pseudo-terminal: create, an interactive shell
+//! (raw mode, resize, exit code), exec exit codes, copying a file in and out, destroy.
 
 mod support;
 
@@ -23,12 +24,44 @@ fn wrenn(base: &str, key: &str, config: &std::path::Path) -> Command {
 async fn a_cli_session_through_a_real_terminal(db: sqlx::PgPool) {
     require_vm!();
     let p = Platform::start(db).await;
-    let tenant = p.cp.tenant("cli").await;
+    let account = p.cp.register(&p.outbox, "cli").await;
     let base = p.cp.base.clone();
-    let key = tenant.api_key.clone();
     // The CLI blocks on its terminal; the control plane runs on this test's runtime.
     let result = tokio::task::spawn_blocking(move || {
         let config = tempfile::tempdir().expect("config dir");
+        // `wrenn login` turns the password into a session and the session into an API key,
+        // stored in the config file every later command reads.
+        let mut login = Command::new(workspace_binary("wrenn"));
+        login
+            .env("XDG_CONFIG_HOME", config.path())
+            .env_remove("WRENN_API_KEY")
+            .args([
+                "login",
+                "--base-url",
+                &base,
+                "--email",
+                &account.email,
+                "--password-stdin",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = login.spawn().expect("wrenn login");
+        std::io::Write::write_all(
+            child.stdin.as_mut().expect("stdin"),
+            format!("{}\n", account.password).as_bytes(),
+        )
+        .expect("password");
+        let out = child.wait_with_output().expect("login");
+        assert!(out.status.success(), "{out:?}");
+        let saved =
+            std::fs::read_to_string(config.path().join("wrenn/config.json")).expect("config");
+        let key: String =
+            serde_json::from_str::<serde_json::Value>(&saved).expect("json")["api_key"]
+                .as_str()
+                .expect("stored key")
+                .to_string();
+        assert!(key.starts_with("wrn_"), "{saved}");
         let run = |args: &[&str]| {
             wrenn(&base, &key, config.path())
                 .args(args)

@@ -9,8 +9,53 @@ import os
 import time
 
 import httpx
+import httpx_ws
 import wrenn
 from wrenn import Capsule, StreamExitEvent, StreamStdoutEvent, StreamStartEvent
+
+
+WS_ECHO = r"""
+import base64, hashlib, socket, struct, threading
+GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+def recvn(c, n):
+    b = b""
+    while len(b) < n:
+        chunk = c.recv(n - len(b))
+        if not chunk:
+            raise EOFError
+        b += chunk
+    return b
+def handle(c):
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += c.recv(4096)
+    headers = {k.lower(): v for k, v in (l.split(": ", 1) for l in data.decode().split("\r\n")[1:] if ": " in l)}
+    accept = base64.b64encode(hashlib.sha1((headers["sec-websocket-key"] + GUID).encode()).digest()).decode()
+    c.sendall(("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               "Sec-WebSocket-Accept: %s\r\n\r\n" % accept).encode())
+    while True:
+        head = recvn(c, 2)
+        op, ln = head[0] & 0x0F, head[1] & 0x7F
+        if ln == 126:
+            ln = struct.unpack(">H", recvn(c, 2))[0]
+        elif ln == 127:
+            ln = struct.unpack(">Q", recvn(c, 8))[0]
+        mask = recvn(c, 4)
+        payload = bytes(b ^ mask[i % 4] for i, b in enumerate(recvn(c, ln)))
+        if op == 8:
+            c.sendall(b"\x88\x00")
+            return
+        if op == 1:
+            out = ("echo:" + payload.decode()).encode()
+            c.sendall(bytes([0x81, len(out)]) + out)
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", 8765))
+s.listen()
+while True:
+    conn, _ = s.accept()
+    threading.Thread(target=handle, args=(conn,), daemon=True).start()
+"""
 
 
 def check(name, cond, detail=""):
@@ -116,6 +161,24 @@ with Capsule(wait=True) as c:
             pass
         time.sleep(0.2)
     check("port proxy via get_url", body == "proxied\n", f"{url} -> {body!r}")
+
+    # A WebSocket through the same proxy (what the code runner's Jupyter channel needs): a
+    # minimal RFC 6455 echo server in the guest, standard library only.
+    c.files.write("/tmp/ws_echo.py", WS_ECHO)
+    c.commands.run("exec python3 /tmp/ws_echo.py", background=True)
+    ws_url = c.get_url(8765)
+    reply = None
+    for _ in range(100):
+        try:
+            with httpx.Client(timeout=5) as hc:
+                with httpx_ws.connect_ws(f"http://{base.host}:{base.port}/", hc,
+                                         headers={"Host": httpx.URL(ws_url).netloc.decode()}) as ws:
+                    ws.send_text("ping-through-proxy")
+                    reply = ws.receive_text()
+                    break
+        except Exception:
+            time.sleep(0.2)
+    check("websocket through the port proxy", reply == "echo:ping-through-proxy", repr(reply))
 
     capsule_id = c.capsule_id
 

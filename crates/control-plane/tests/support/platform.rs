@@ -18,6 +18,8 @@ const SLOTS_EACH: u32 = 8;
 
 pub struct Platform {
     pub cp: TestApp,
+    /// Every email the control plane sent (activation links).
+    pub outbox: wrenn_control_plane::email::Outbox,
     pub agent: AgentProcess,
     pub admin: Tenant,
     pub host_id: String,
@@ -33,7 +35,8 @@ impl Platform {
             min_capsule_timeout_sec: 2,
             ..Settings::default()
         };
-        let cp = TestApp::start_with(db, settings, true).await;
+        let (mailer, outbox) = wrenn_control_plane::email::Mailer::default().capturing();
+        let cp = TestApp::start_with_mailer(db, settings, true, mailer).await;
         let admin = cp.tenant("admin").await;
         sqlx::query("UPDATE users SET is_admin = true WHERE id = $1")
             .bind(admin.user_id)
@@ -77,6 +80,7 @@ impl Platform {
         wait_listening(&mut agent).await;
         let platform = Self {
             cp,
+            outbox,
             agent,
             admin,
             host_id,
