@@ -148,149 +148,102 @@ async fn every_secured_route_refuses_missing_wrong_and_misplaced_credentials(db:
     );
 }
 
+/// Sends `method path` with the tenant's key and an optional raw JSON body; asserts the status
+/// and error code of the answer (and that the message says something).
+async fn expect_error(
+    t: &TestApp,
+    key: &str,
+    (method, path, body): (&str, &str, Option<&[u8]>),
+    status: u16,
+    code: &str,
+) {
+    let mut req = t
+        .http
+        .request(method.parse().expect("method"), t.url(path))
+        .header("X-API-Key", key);
+    if let Some(body) = body {
+        req = req
+            .header("Content-Type", "application/json")
+            .body(body.to_vec());
+    }
+    let resp = req.send().await.expect("send");
+    let got = resp.status().as_u16();
+    let body: Value = resp.json().await.expect("error body is JSON");
+    assert_eq!(
+        (got, body["error"]["code"].as_str()),
+        (status, Some(code)),
+        "{method} {path}: {body}"
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty())
+    );
+}
+
 #[sqlx::test(migrator = "wrenn_control_plane::db::MIGRATOR")]
 async fn bad_input_gets_the_reference_error_codes(db: sqlx::PgPool) {
     let t = TestApp::start(db).await;
     let tenant = t.tenant("input").await;
-    let key = ("X-API-Key", tenant.api_key.as_str());
-    let post_raw = |path: &str, body: Vec<u8>| {
-        t.http
-            .post(t.url(path))
-            .header(key.0, key.1)
-            .header("Content-Type", "application/json")
-            .body(body)
-    };
-    let expect = |resp: reqwest::Response, status: u16, code: &'static str| async move {
-        let got = resp.status().as_u16();
-        let body: Value = resp.json().await.expect("error body is JSON");
-        assert_eq!(
-            (got, body["error"]["code"].as_str()),
-            (status, Some(code)),
-            "{body}"
-        );
-        assert!(
-            body["error"]["message"]
-                .as_str()
-                .is_some_and(|m| !m.is_empty())
-        );
-    };
+    let key = tenant.api_key.as_str();
+    let create = |body: &'static [u8]| ("POST", "/v1/capsules", Some(body));
 
-    // Malformed JSON, a wrong type, an out-of-range value, an unknown template.
-    expect(
-        post_raw("/v1/capsules", b"{not json".to_vec())
-            .send()
-            .await
-            .expect("send"),
-        400,
-        "invalid_request",
-    )
-    .await;
-    expect(
-        post_raw("/v1/capsules", br#"{"vcpus":"two"}"#.to_vec())
-            .send()
-            .await
-            .expect("send"),
-        400,
-        "invalid_request",
-    )
-    .await;
-    expect(
-        post_raw("/v1/capsules", br#"{"memory_mb":-5}"#.to_vec())
-            .send()
-            .await
-            .expect("send"),
-        400,
-        "invalid_request",
-    )
-    .await;
-    expect(
-        post_raw("/v1/capsules", br#"{"timeout_sec":-1}"#.to_vec())
-            .send()
-            .await
-            .expect("send"),
-        400,
-        "invalid_request",
-    )
-    .await;
-    expect(
-        post_raw(
-            "/v1/capsules",
-            br#"{"metadata":{"kernel_version":"x"}}"#.to_vec(),
-        )
-        .send()
-        .await
-        .expect("send"),
-        400,
-        "invalid_request",
-    )
-    .await;
-    expect(
-        post_raw("/v1/capsules", br#"{"template":"../etc"}"#.to_vec())
-            .send()
-            .await
-            .expect("send"),
-        400,
-        "invalid_request",
-    )
-    .await;
-    expect(
-        post_raw(
-            "/v1/capsules",
-            br#"{"template":"no-such-template"}"#.to_vec(),
-        )
-        .send()
-        .await
-        .expect("send"),
+    // Malformed JSON, wrong types, out-of-range values, reserved or unsafe names.
+    for body in [
+        &b"{not json"[..],
+        br#"{"vcpus":"two"}"#,
+        br#"{"memory_mb":-5}"#,
+        br#"{"timeout_sec":-1}"#,
+        br#"{"metadata":{"kernel_version":"x"}}"#,
+        br#"{"template":"../etc"}"#,
+    ] {
+        expect_error(&t, key, create(body), 400, "invalid_request").await;
+    }
+    expect_error(
+        &t,
+        key,
+        create(br#"{"template":"no-such-template"}"#),
         404,
         "not_found",
     )
     .await;
     // No host is registered: no capacity is `host_unavailable`, never a 500.
-    expect(
-        post_raw("/v1/capsules", b"{}".to_vec())
-            .send()
-            .await
-            .expect("send"),
-        503,
-        "host_unavailable",
-    )
-    .await;
+    expect_error(&t, key, create(b"{}"), 503, "host_unavailable").await;
     // An oversized body.
     let big = format!(r#"{{"template":"{}"}}"#, "x".repeat(2 * 1024 * 1024));
-    expect(
-        post_raw("/v1/capsules", big.into_bytes())
-            .send()
-            .await
-            .expect("send"),
+    expect_error(
+        &t,
+        key,
+        ("POST", "/v1/capsules", Some(big.as_bytes())),
         413,
         "too_large",
     )
     .await;
 
-    // Unknown ids: malformed and well-formed alike are 404, on every capsule route.
+    // Unknown ids: malformed and well-formed alike are 404.
     for id in [
         "cl-0000000000000000000000000",
         "nope",
         "cl-..%2F..%2Fetc",
         "cl-ZZZ",
     ] {
-        let resp = t
-            .http
-            .get(t.url(&format!("/v1/capsules/{id}")))
-            .header(key.0, key.1)
-            .send()
-            .await
-            .expect("send");
-        expect(resp, 404, "not_found").await;
-        let resp = t
-            .http
-            .post(t.url(&format!("/v1/capsules/{id}/exec")))
-            .header(key.0, key.1)
-            .json(&json!({"cmd": "true"}))
-            .send()
-            .await
-            .expect("send");
-        expect(resp, 404, "not_found").await;
+        expect_error(
+            &t,
+            key,
+            ("GET", &format!("/v1/capsules/{id}"), None),
+            404,
+            "not_found",
+        )
+        .await;
+        let exec = format!("/v1/capsules/{id}/exec");
+        expect_error(
+            &t,
+            key,
+            ("POST", &exec, Some(br#"{"cmd":"true"}"#)),
+            404,
+            "not_found",
+        )
+        .await;
     }
 
     // Bad states: a stopped capsule cannot be paused, resumed, pinged or exec'd; a running one
@@ -309,45 +262,30 @@ async fn bad_input_gets_the_reference_error_codes(db: sqlx::PgPool) {
     let stopped = wrenn_control_plane::ids::capsule(stopped);
     let running = wrenn_control_plane::ids::capsule(running);
     for action in ["pause", "resume", "ping"] {
-        let resp = t
-            .http
-            .post(t.url(&format!("/v1/capsules/{stopped}/{action}")))
-            .header(key.0, key.1)
-            .send()
-            .await
-            .expect("send");
-        expect(resp, 409, "invalid_state").await;
+        let path = format!("/v1/capsules/{stopped}/{action}");
+        expect_error(&t, key, ("POST", &path, None), 409, "invalid_state").await;
     }
-    let resp = t
-        .http
-        .post(t.url(&format!("/v1/capsules/{running}/resume")))
-        .header(key.0, key.1)
-        .send()
-        .await
-        .expect("send");
-    expect(resp, 409, "invalid_state").await;
-    let resp = t
-        .http
-        .post(t.url(&format!("/v1/capsules/{stopped}/exec")))
-        .header(key.0, key.1)
-        .json(&json!({"cmd": "true"}))
-        .send()
-        .await
-        .expect("send");
-    expect(resp, 409, "invalid_state").await;
+    let path = format!("/v1/capsules/{running}/resume");
+    expect_error(&t, key, ("POST", &path, None), 409, "invalid_state").await;
+    let path = format!("/v1/capsules/{stopped}/exec");
+    expect_error(
+        &t,
+        key,
+        ("POST", &path, Some(br#"{"cmd":"true"}"#)),
+        409,
+        "invalid_state",
+    )
+    .await;
+    let get = |path: String| t.http.get(t.url(&path)).header("X-API-Key", key).send();
     let resp = t
         .http
         .delete(t.url(&format!("/v1/capsules/{stopped}")))
-        .header(key.0, key.1)
+        .header("X-API-Key", key)
         .send()
         .await
         .expect("send");
     assert_eq!(resp.status(), 204);
-    let got: Value = t
-        .http
-        .get(t.url(&format!("/v1/capsules/{stopped}")))
-        .header(key.0, key.1)
-        .send()
+    let got: Value = get(format!("/v1/capsules/{stopped}"))
         .await
         .expect("send")
         .json()
@@ -355,11 +293,7 @@ async fn bad_input_gets_the_reference_error_codes(db: sqlx::PgPool) {
         .expect("json");
     assert_eq!(got["status"], "stopped");
     // Stopped capsules are not listed; the running one is.
-    let list: Value = t
-        .http
-        .get(t.url("/v1/capsules"))
-        .header(key.0, key.1)
-        .send()
+    let list: Value = get("/v1/capsules".into())
         .await
         .expect("send")
         .json()
@@ -373,17 +307,12 @@ async fn bad_input_gets_the_reference_error_codes(db: sqlx::PgPool) {
         .collect();
     assert_eq!(ids, vec![running.as_str()]);
     // A wrong method on a known route is an error in the API's shape, not a bare 405.
-    let resp = t
-        .http
-        .put(t.url("/v1/capsules"))
-        .header(key.0, key.1)
-        .send()
-        .await
-        .expect("send");
-    let status = resp.status().as_u16();
-    let body: Value = resp.json().await.expect("json");
-    assert!(
-        status >= 400 && body["error"]["code"].is_string(),
-        "{status} {body}"
-    );
+    expect_error(
+        &t,
+        key,
+        ("PUT", "/v1/capsules", None),
+        400,
+        "invalid_request",
+    )
+    .await;
 }
