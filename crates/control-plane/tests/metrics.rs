@@ -97,7 +97,7 @@ fn point(ts: i64, cpu: f64) -> pb::MetricPoint {
 
 #[sqlx::test(migrator = "wrenn_control_plane::db::MIGRATOR")]
 async fn stats_and_usage_are_not_taken_for_capsule_ids(db: PgPool) {
-    let t = TestApp::start(db).await;
+    let t = TestApp::start_quiet(db).await;
     let alice = t.tenant("alice").await;
     // The served router, whatever capsule routes it has by now.
     for path in ["/v1/capsules/stats", "/api/v1/capsules/stats"] {
@@ -134,7 +134,7 @@ async fn stats_and_usage_are_not_taken_for_capsule_ids(db: PgPool) {
 
 #[sqlx::test(migrator = "wrenn_control_plane::db::MIGRATOR")]
 async fn stats_report_live_reservations_peaks_and_buckets(db: PgPool) {
-    let t = TestApp::start(db.clone()).await;
+    let t = TestApp::start_quiet(db.clone()).await;
     let alice = t.tenant("alice").await;
     let bob = t.tenant("bob").await;
     let team = alice.team_id;
@@ -225,7 +225,7 @@ fn day_start(day: NaiveDate) -> DateTime<Utc> {
 
 #[sqlx::test(migrator = "wrenn_control_plane::db::MIGRATOR")]
 async fn usage_has_every_day_from_rollups_and_samples(db: PgPool) {
-    let t = TestApp::start(db.clone()).await;
+    let t = TestApp::start_quiet(db.clone()).await;
     let alice = t.tenant("alice").await;
     let team = alice.team_id;
     let ago = |n: u64| today().checked_sub_days(Days::new(n)).expect("date");
@@ -331,13 +331,14 @@ async fn usage_has_every_day_from_rollups_and_samples(db: PgPool) {
 
 #[sqlx::test(migrator = "wrenn_control_plane::db::MIGRATOR")]
 async fn the_sampler_records_each_slot_once_and_prunes(db: PgPool) {
-    let t = TestApp::start(db.clone()).await;
+    let t = TestApp::start_quiet(db.clone()).await;
     let alice = t.tenant("alice").await;
     let idle = t.tenant("idle").await;
     capsule(&db, alice.team_id, "running", 2, 2048, None).await;
     capsule(&db, alice.team_id, "paused", 1, 1000, None).await;
-    // A slot in the past, so the live sampler of `t` cannot have taken it.
-    let at = Utc::now() - Duration::hours(3) + Duration::milliseconds(7_300);
+    // A slot in the past, so no live sampler can have taken it; 3.3 s into the slot, so one
+    // second later is still the same slot.
+    let at = metrics::sample_slot(Utc::now() - Duration::hours(3)) + Duration::milliseconds(3_300);
     assert_eq!(
         metrics::sample_reservations(&db, at).await.expect("sample"),
         1
@@ -381,7 +382,7 @@ async fn the_sampler_records_each_slot_once_and_prunes(db: PgPool) {
 
 #[sqlx::test(migrator = "wrenn_control_plane::db::MIGRATOR")]
 async fn paused_capsules_show_the_points_flushed_at_pause(db: PgPool) {
-    let t = TestApp::start(db.clone()).await;
+    let t = TestApp::start_quiet(db.clone()).await;
     let alice = t.tenant("alice").await;
     let bob = t.tenant("bob").await;
     let id = capsule(&db, alice.team_id, "paused", 1, 512, None).await;
@@ -465,7 +466,7 @@ async fn paused_capsules_show_the_points_flushed_at_pause(db: PgPool) {
 
 #[sqlx::test(migrator = "wrenn_control_plane::db::MIGRATOR")]
 async fn running_capsules_are_read_from_their_agent(db: PgPool) {
-    let t = TestApp::start(db.clone()).await;
+    let t = TestApp::start_quiet(db.clone()).await;
     let alice = t.tenant("alice").await;
     let asked: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
     let seen = asked.clone();
@@ -541,7 +542,7 @@ async fn the_python_sdk_accepts_stats_usage_and_metrics(db: PgPool) {
         );
         return;
     };
-    let t = TestApp::start(db.clone()).await;
+    let t = TestApp::start_quiet(db.clone()).await;
     let alice = t.tenant("alice").await;
     capsule(&db, alice.team_id, "running", 2, 1024, None).await;
     let id = capsule(&db, alice.team_id, "paused", 1, 512, None).await;

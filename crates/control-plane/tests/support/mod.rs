@@ -61,6 +61,22 @@ impl TestApp {
         mtls: bool,
         mailer: Mailer,
     ) -> Self {
+        Self::launch(db, settings, mtls, mailer, true).await
+    }
+
+    /// A control plane without its periodic workers (sampler, rollup, monitor), for tests that
+    /// write the tables those workers write and drive the workers' functions themselves.
+    pub async fn start_quiet(db: PgPool) -> Self {
+        Self::launch(db, Settings::default(), false, Mailer::default(), false).await
+    }
+
+    async fn launch(
+        db: PgPool,
+        settings: Settings,
+        mtls: bool,
+        mailer: Mailer,
+        workers: bool,
+    ) -> Self {
         let app = wrenn_control_plane::run::assemble(
             db,
             JwtKeys::new(JWT_SECRET).expect("jwt keys"),
@@ -72,7 +88,9 @@ impl TestApp {
         .await
         .expect("app state");
         let stop = CancellationToken::new();
-        wrenn_control_plane::run::spawn_workers(&app, stop.clone());
+        if workers {
+            wrenn_control_plane::run::spawn_workers(&app, stop.clone());
+        }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
