@@ -42,6 +42,10 @@ pub enum AgentError {
     Timeout(String),
     #[error("Not implemented yet: {0}")]
     Unimplemented(&'static str),
+    /// A snapshot failed its checks (checksum, header, missing file). Resuming it would run the
+    /// guest on garbage, so it is refused; the sandbox can only be destroyed.
+    #[error("snapshot is damaged: {0}")]
+    SnapshotDamaged(String),
     #[error("I/O error on {path}")]
     Io {
         path: PathBuf,
@@ -88,6 +92,7 @@ impl AgentError {
             AgentError::Unavailable { .. } => Code::Unavailable,
             AgentError::Timeout(_) => Code::DeadlineExceeded,
             AgentError::Unimplemented(_) => Code::Unimplemented,
+            AgentError::SnapshotDamaged(_) => Code::DataLoss,
             AgentError::EnvdRpc { source, .. } => source.code,
             AgentError::Envd { .. } => Code::Unavailable,
             _ => Code::Internal,

@@ -6,6 +6,8 @@
 //! - [`image`]: the guest image (kernel, initramfs, root filesystem) and its builder.
 //! - [`metadata`]: an MMDS-compatible metadata server for VMMs without one (QEMU).
 //! - [`sandbox`]: the sandbox manager: create, destroy, list, TTL, metrics, envd client.
+//! - [`snapshot`]: the on-disk snapshot format: memory headers, build files, diffs, checksums.
+//! - [`uffd`]: the userfaultfd page server that feeds a restored Firecracker VM its memory.
 //! - [`rpc`]: the `hostagent.v1.HostAgentService` Connect service the control plane calls.
 //! - [`proxy`]: the `/proxy/{id}/{port}/...` reverse proxy to guest ports.
 //! - [`tls`]: the TLS listener from certificate files (standalone agents).
@@ -26,9 +28,11 @@ pub mod network;
 pub mod proxy;
 pub mod rpc;
 pub mod sandbox;
+pub mod snapshot;
 #[doc(hidden)]
 pub mod testing;
 pub mod tls;
+pub mod uffd;
 pub mod vmm;
 
 pub use error::{AgentError, AgentResult};

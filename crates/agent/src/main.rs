@@ -159,6 +159,7 @@ async fn serve(args: ServeArgs, logging: Logging) -> Result<()> {
         let proxy = proxy.clone();
         manager.on_destroy(move |id| proxy.evict(id));
     }
+    manager.set_traffic_gate(Arc::new(proxy.clone()));
     let terminate = CancellationToken::new();
     let app = rpc::router(RpcState {
         manager: manager.clone(),
@@ -260,10 +261,20 @@ async fn serve(args: ServeArgs, logging: Logging) -> Result<()> {
     manager.shutdown();
     if args.destroy_on_exit {
         manager.destroy_all().await;
-    } else {
+    } else if args.keep_running_on_exit {
         tracing::info!(
             sandboxes = manager.list().len(),
-            "stopped; running sandboxes are left for the next agent"
+            "stopped; running sandboxes are left for the next agent to adopt"
+        );
+    } else {
+        // Nothing is lost when the host goes down after us: every sandbox sleeps in a snapshot
+        // the next agent finds.
+        let results = manager.pause_all().await;
+        let failed = results.iter().filter(|(_, r)| r.is_err()).count();
+        tracing::info!(
+            paused = results.len() - failed,
+            failed,
+            "stopped; sandboxes are paused for the next agent"
         );
     }
     Ok(())

@@ -4,7 +4,10 @@
 use crate::error::{AgentError, AgentResult};
 use crate::network::{CleanupReport, Network, NetworkOptions, SlotNetwork};
 use crate::sandbox::{ManagerConfig, SandboxManager};
-use crate::vmm::{DiskFormat, GuestMetadata, VmHandle, VmSpec, Vmm, VmmKind};
+use crate::vmm::{
+    DiskFormat, GuestMetadata, MemorySnapshot, RestoreSource, SnapshotTarget, VmHandle, VmSpec,
+    Vmm, VmmKind,
+};
 use async_trait::async_trait;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -46,6 +49,26 @@ impl Vmm for FakeVmm {
 
     async fn set_metadata(&self, _vm: &VmHandle, _metadata: &GuestMetadata) -> AgentResult<()> {
         Ok(())
+    }
+
+    fn memory_snapshot(&self) -> MemorySnapshot {
+        MemorySnapshot::SharedFile
+    }
+
+    async fn pause_vcpus(&self, _vm: &VmHandle) -> AgentResult<()> {
+        Ok(())
+    }
+
+    async fn resume_vcpus(&self, _vm: &VmHandle) -> AgentResult<()> {
+        Ok(())
+    }
+
+    async fn save_snapshot(&self, _vm: &VmHandle, _target: &SnapshotTarget) -> AgentResult<()> {
+        Err(AgentError::Vmm("this is a test stand-in".into()))
+    }
+
+    async fn restore(&self, _spec: &VmSpec, _from: &RestoreSource) -> AgentResult<VmHandle> {
+        Err(AgentError::Vmm("this is a test stand-in".into()))
     }
 }
 

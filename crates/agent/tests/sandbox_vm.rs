@@ -383,9 +383,31 @@ async fn a_restarted_agent_finds_its_sandboxes() {
     let out = agent.exec(id, "cat /home/user/note").await;
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "before-crash");
 
-    // A clean stop also leaves it running for the next agent.
+    // A clean stop pauses it (the host may be going down); the next agent finds it paused.
     agent.stop();
+    assert!(vms_under(&agent.data_dir).is_empty(), "a VM outlived the stop");
+    assert_eq!(slot_leftovers(slot), Vec::<String>::new());
     agent.spawn();
+    let listed = agent.list().await;
+    assert_eq!(
+        listed
+            .sandboxes
+            .iter()
+            .map(|s| (s.sandbox_id.as_str(), s.status.as_str()))
+            .collect::<Vec<_>>(),
+        [(id, "paused")]
+    );
+    let resumed: pb::ResumeSandboxResponse = agent
+        .call(
+            "ResumeSandbox",
+            &pb::ResumeSandboxRequest {
+                sandbox_id: id.into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("resume after restart");
+    let slot = slot_of(&resumed.host_ip);
     let out = agent.exec(id, "cat /home/user/note").await;
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "before-crash");
 

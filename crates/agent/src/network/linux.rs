@@ -15,7 +15,7 @@
 use super::nat;
 use super::slots::{self, MAX_SLOTS, NS_VETH_NAME, SlotAddresses};
 use super::{
-    CleanupReport, Network, NetworkOptions, SlotNetwork, TAP_IP, TAP_NAME, TAP_PREFIX_LEN,
+    CleanupReport, Network, NetworkOptions, SlotNetwork, TAP_IP, TAP_MAC, TAP_NAME, TAP_PREFIX_LEN,
     TAP_TXQUEUELEN,
 };
 use crate::error::{AgentError, AgentResult};
@@ -135,6 +135,7 @@ impl LinuxNetwork {
             format!("link set {NS_VETH_NAME} up"),
             format!("tuntap add dev {TAP_NAME} mode tap"),
             format!("addr add {TAP_IP}/{TAP_PREFIX_LEN} dev {TAP_NAME}"),
+            format!("link set {TAP_NAME} address {TAP_MAC}"),
             format!("link set {TAP_NAME} txqueuelen {TAP_TXQUEUELEN} up"),
             format!("route add default via {veth_ip}"),
         ];

@@ -30,6 +30,9 @@ pub const TAP_PREFIX_LEN: u8 = 30;
 pub const GUEST_NETMASK: Ipv4Addr = Ipv4Addr::new(255, 255, 255, 252);
 /// The guest's MAC address, the same in every sandbox.
 pub const GUEST_MAC: &str = "02:FC:00:00:00:05";
+/// The TAP's own MAC, fixed too: a guest restored from a snapshot into a fresh namespace still
+/// has the old gateway in its ARP cache, and a random MAC would make it talk to nobody.
+pub const TAP_MAC: &str = "02:FC:00:00:00:06";
 /// The TAP device name inside every namespace.
 pub const TAP_NAME: &str = "tap0";
 /// The metadata address the guest asks (Firecracker's MMDS address).

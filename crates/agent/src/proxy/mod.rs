@@ -440,3 +440,18 @@ mod tests {
         assert_eq!(parse_port(""), None);
     }
 }
+
+#[async_trait::async_trait]
+impl crate::sandbox::TrafficGate for PortProxy {
+    async fn drain(&self, sandbox_id: &str, grace: Duration) -> usize {
+        PortProxy::drain(self, sandbox_id, grace).await
+    }
+
+    fn undrain(&self, sandbox_id: &str) {
+        PortProxy::undrain(self, sandbox_id);
+    }
+
+    fn evict(&self, sandbox_id: &str) {
+        PortProxy::evict(self, sandbox_id);
+    }
+}

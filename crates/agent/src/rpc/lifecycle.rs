@@ -1,10 +1,10 @@
-//! Lifecycle RPCs: create, destroy, list, ping, terminate, metrics, the agent's logs. Pause,
-//! resume and snapshot templates answer `unimplemented` until snapshots land.
+//! Lifecycle RPCs: create, destroy, pause, resume, list, ping, terminate, snapshot templates,
+//! metrics, the agent's logs.
 
 use super::{RpcResult, RpcState, rpc_err};
 use crate::error::AgentError;
 use crate::sandbox::metrics::MetricPoint;
-use crate::sandbox::{CreateRequest, Sandbox};
+use crate::sandbox::{CreateRequest, PausedSandbox, ResumeOverrides, Sandbox};
 use wrenn_protocol::connect::server::CallInfo;
 use wrenn_protocol::hostagent as pb;
 
@@ -25,6 +25,38 @@ fn sandbox_info(sb: &Sandbox) -> pb::SandboxInfo {
         template_id: r.template_id,
         metadata: r.metadata.into_iter().collect(),
     }
+}
+
+fn paused_info(p: &PausedSandbox) -> pb::SandboxInfo {
+    let r = p.record.clone();
+    #[allow(deprecated)]
+    pb::SandboxInfo {
+        sandbox_id: r.sandbox_id,
+        status: "paused".into(),
+        template: r.template,
+        vcpus: r.vcpus as i32,
+        memory_mb: r.memory_mb as i32,
+        host_ip: String::new(),
+        created_at_unix: r.created_at_unix,
+        last_active_at_unix: 0,
+        timeout_sec: r.timeout_sec as i32,
+        team_id: r.team_id,
+        template_id: r.template_id,
+        metadata: r.metadata.into_iter().collect(),
+    }
+}
+
+/// What the control plane shows as the capsule's system metadata, with the sandbox's own labels.
+async fn system_metadata(st: &RpcState, sb: &Sandbox) -> std::collections::HashMap<String, String> {
+    let r = sb.record();
+    let mut metadata: std::collections::HashMap<String, String> = r.metadata.into_iter().collect();
+    metadata.insert("kernel_version".into(), r.kernel_release.clone());
+    metadata.insert("vmm_version".into(), st.manager.vmm().describe());
+    metadata.insert("agent_version".into(), env!("CARGO_PKG_VERSION").into());
+    if let Ok(v) = sb.envd.version().await {
+        metadata.insert("envd_version".into(), v);
+    }
+    metadata
 }
 
 fn non_negative(name: &str, v: i32) -> Result<u32, AgentError> {
@@ -52,15 +84,8 @@ pub async fn create_sandbox(
         metadata: req.metadata.into_iter().collect(),
     };
     let sb = st.manager.create(create).await.map_err(rpc_err)?;
+    let metadata = system_metadata(&st, &sb).await;
     let r = sb.record();
-    let mut metadata: std::collections::HashMap<String, String> = r.metadata.into_iter().collect();
-    // What the control plane shows as the capsule's system metadata.
-    metadata.insert("kernel_version".into(), r.kernel_release.clone());
-    metadata.insert("vmm_version".into(), st.manager.vmm().describe());
-    metadata.insert("agent_version".into(), env!("CARGO_PKG_VERSION").into());
-    if let Ok(v) = sb.envd.version().await {
-        metadata.insert("envd_version".into(), v);
-    }
     Ok(pb::CreateSandboxResponse {
         sandbox_id: r.sandbox_id,
         status: sb.status().as_str().into(),
@@ -88,11 +113,28 @@ pub async fn pause_sandbox(
 }
 
 pub async fn resume_sandbox(
-    _: RpcState,
+    st: RpcState,
     _: CallInfo,
-    _: pb::ResumeSandboxRequest,
+    req: pb::ResumeSandboxRequest,
 ) -> RpcResult<pb::ResumeSandboxResponse> {
-    Err(rpc_err(AgentError::Unimplemented("resume (snapshots)")))
+    let overrides = ResumeOverrides {
+        timeout_sec: Some(non_negative("timeout_sec", req.timeout_sec).map_err(rpc_err)?),
+        default_user: Some(req.default_user),
+        default_env: Some(req.default_env.into_iter().collect()),
+    };
+    let sb = st
+        .manager
+        .resume(&req.sandbox_id, overrides)
+        .await
+        .map_err(rpc_err)?;
+    let metadata = system_metadata(&st, &sb).await;
+    let r = sb.record();
+    Ok(pb::ResumeSandboxResponse {
+        sandbox_id: r.sandbox_id,
+        status: sb.status().as_str().into(),
+        host_ip: r.host_ip,
+        metadata,
+    })
 }
 
 pub async fn list_sandboxes(
@@ -106,6 +148,7 @@ pub async fn list_sandboxes(
             .list()
             .iter()
             .map(|sb| sandbox_info(sb))
+            .chain(st.manager.list_paused().iter().map(|p| paused_info(p)))
             .collect(),
         auto_paused_sandbox_ids: st.manager.auto_paused_ids(),
         ttl_destroyed_sandbox_ids: st.manager.ttl_destroyed_ids(),
@@ -137,20 +180,37 @@ pub async fn terminate(
     Ok(pb::TerminateResponse {})
 }
 
+/// A template from a running (frozen briefly, keeps running) or paused (stays paused) sandbox.
 pub async fn create_snapshot(
-    _: RpcState,
+    st: RpcState,
     _: CallInfo,
-    _: pb::CreateSnapshotRequest,
+    req: pb::CreateSnapshotRequest,
 ) -> RpcResult<pb::CreateSnapshotResponse> {
-    Err(rpc_err(AgentError::Unimplemented("snapshot templates")))
+    if req.template_id.is_empty() {
+        return Err(rpc_err(AgentError::InvalidArgument(
+            "template_id is required".into(),
+        )));
+    }
+    let size = st
+        .manager
+        .create_template(&req.sandbox_id, &req.template_id)
+        .await
+        .map_err(rpc_err)?;
+    Ok(pb::CreateSnapshotResponse {
+        name: req.template_id,
+        size_bytes: i64::try_from(size).unwrap_or(i64::MAX),
+    })
 }
 
 pub async fn delete_snapshot(
-    _: RpcState,
+    st: RpcState,
     _: CallInfo,
-    _: pb::DeleteSnapshotRequest,
+    req: pb::DeleteSnapshotRequest,
 ) -> RpcResult<pb::DeleteSnapshotResponse> {
-    Err(rpc_err(AgentError::Unimplemented("snapshot templates")))
+    st.manager
+        .delete_template(&req.template_id)
+        .map_err(rpc_err)?;
+    Ok(pb::DeleteSnapshotResponse {})
 }
 
 pub async fn flatten_rootfs(

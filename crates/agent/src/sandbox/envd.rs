@@ -169,6 +169,21 @@ impl EnvdClient {
         }
     }
 
+    /// Guest memory in use (MiB), from `/metrics`: what a balloon must leave the guest.
+    pub async fn memory_used_mib(&self) -> AgentResult<u32> {
+        let (status, body) = self
+            .call(Method::GET, "/metrics", Bytes::new(), HEALTH_PROBE_TIMEOUT)
+            .await?;
+        if !status.is_success() {
+            return Err(self.err(format!("/metrics answered {status}")));
+        }
+        serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["mem_used_mib"].as_u64())
+            .map(|m| u32::try_from(m).unwrap_or(u32::MAX))
+            .ok_or_else(|| self.err("/metrics did not say mem_used_mib"))
+    }
+
     /// envd's version, from `/health` (`{"version": …}`).
     pub async fn version(&self) -> AgentResult<String> {
         let (status, body) = self

@@ -7,7 +7,7 @@
 
 use super::envd::{EnvdClient, InitRequest, rfc3339_now};
 use super::metrics::{self, MetricPoint, MetricsRing, Tiers};
-use super::record::SandboxRecord;
+use super::record::{RecordState, SandboxRecord};
 use crate::disk;
 use crate::error::{AgentError, AgentResult, error_chain};
 use crate::image::GuestImage;
@@ -24,8 +24,14 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 mod reaper;
+mod page_server;
+mod snapshot;
 #[cfg(test)]
 mod test_support;
+
+pub use snapshot::{
+    PauseReport, ResumeOverrides, SNAPSHOT_MANIFEST, SnapshotManifest, TEMPLATE_MANIFEST,
+};
 
 pub use reaper::REPORT_WINDOW;
 use reaper::RecentIds;
@@ -70,6 +76,8 @@ pub struct CreateRequest {
 pub enum SandboxStatus {
     Running,
     Pausing,
+    /// Frozen briefly while a template is taken from it; it runs again afterwards.
+    Snapshotting,
     Stopping,
 }
 
@@ -78,6 +86,7 @@ impl SandboxStatus {
         match self {
             SandboxStatus::Running => "running",
             SandboxStatus::Pausing => "pausing",
+            SandboxStatus::Snapshotting => "snapshotting",
             SandboxStatus::Stopping => "stopping",
         }
     }
@@ -92,7 +101,9 @@ pub struct Sandbox {
     pub dir: PathBuf,
     record: Mutex<SandboxRecord>,
     status: Mutex<SandboxStatus>,
-    lifecycle: tokio::sync::Mutex<()>,
+    /// Shared with the sandbox's paused entry, so pause, resume and destroy of one id never
+    /// interleave even across the switch between the two maps.
+    lifecycle: Arc<tokio::sync::Mutex<()>>,
     last_active: AtomicI64,
     metrics: Mutex<MetricsRing>,
     tasks: CancellationToken,
@@ -128,6 +139,27 @@ impl Sandbox {
     }
 }
 
+/// A sandbox sleeping in a snapshot in its folder: no VM, no network, no slot.
+#[derive(Debug)]
+pub struct PausedSandbox {
+    pub record: SandboxRecord,
+    pub dir: PathBuf,
+    lifecycle: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// What the manager needs from the port proxy around a pause: stop new traffic and let the
+/// in-flight requests finish (or close them), and open up again when the pause fails.
+#[async_trait::async_trait]
+pub trait TrafficGate: Send + Sync {
+    /// Refuses new proxied traffic, waits up to `grace` for in-flight traffic, force-closes the
+    /// rest. Returns how many were force-closed.
+    async fn drain(&self, sandbox_id: &str, grace: Duration) -> usize;
+    /// Lets traffic through again.
+    fn undrain(&self, sandbox_id: &str);
+    /// Forgets the sandbox's pooled connections (it paused or went away).
+    fn evict(&self, sandbox_id: &str);
+}
+
 type DestroyHook = Box<dyn Fn(&str) + Send + Sync>;
 
 pub struct SandboxManager {
@@ -136,6 +168,9 @@ pub struct SandboxManager {
     network: Arc<dyn Network>,
     slots: SlotAllocator,
     boxes: RwLock<HashMap<String, Arc<Sandbox>>>,
+    /// Paused sandboxes, by id. A sandbox is in exactly one of `boxes` and `paused`.
+    paused: RwLock<HashMap<String, Arc<PausedSandbox>>>,
+    traffic: RwLock<Option<Arc<dyn TrafficGate>>>,
     /// Identities for the metadata server, by the slot's namespace address. Filled before the VM
     /// boots (envd asks at boot), removed on destroy.
     metadata_by_source: RwLock<HashMap<IpAddr, GuestMetadata>>,
@@ -185,6 +220,8 @@ impl SandboxManager {
             vmm,
             network,
             boxes: RwLock::new(HashMap::new()),
+            paused: RwLock::new(HashMap::new()),
+            traffic: RwLock::new(None),
             metadata_by_source: RwLock::new(HashMap::new()),
             creating: Mutex::new(Default::default()),
             auto_paused: RecentIds::default(),
@@ -208,14 +245,35 @@ impl SandboxManager {
         write(&self.on_destroy).push(Box::new(hook));
     }
 
+    /// Lets pauses drain the port proxy first.
+    pub fn set_traffic_gate(&self, gate: Arc<dyn TrafficGate>) {
+        *write(&self.traffic) = Some(gate);
+    }
+
+    fn traffic_gate(&self) -> Option<Arc<dyn TrafficGate>> {
+        read(&self.traffic).clone()
+    }
+
     /// The sandbox if it exists and is running; every operation on a sandbox starts here.
     pub fn get(&self, id: &str) -> AgentResult<Arc<Sandbox>> {
-        let sb = read(&self.boxes)
-            .get(id)
-            .cloned()
-            .ok_or_else(|| AgentError::SandboxNotFound(id.to_string()))?;
+        let Some(sb) = read(&self.boxes).get(id).cloned() else {
+            if read(&self.paused).contains_key(id) {
+                return Err(AgentError::NotRunning {
+                    id: id.to_string(),
+                    state: "paused".into(),
+                });
+            }
+            return Err(AgentError::SandboxNotFound(id.to_string()));
+        };
         sb.ensure_running()?;
         Ok(sb)
+    }
+
+    /// Paused sandboxes, by id.
+    pub fn list_paused(&self) -> Vec<Arc<PausedSandbox>> {
+        let mut v: Vec<_> = read(&self.paused).values().cloned().collect();
+        v.sort_by(|a, b| a.record.sandbox_id.cmp(&b.record.sandbox_id));
+        v
     }
 
     /// Like [`get`](Self::get), and counts as activity for the idle timer.
@@ -275,10 +333,15 @@ impl SandboxManager {
                 req.disk_size_mb
             )));
         }
-        if !req.template.is_empty() && req.template != "minimal" && req.template != "base" {
-            return Err(AgentError::InvalidArgument(format!(
-                "template {:?} is not on this host (only the built-in image is, until templates land)",
-                req.template
+        let snapshot_template = !req.template_id.is_empty()
+            && validate_sandbox_id(&req.template_id).is_ok()
+            && self.template_dir(&req.template_id).join(TEMPLATE_MANIFEST).exists();
+        let base = req.template.is_empty()
+            || matches!(req.template.as_str(), "minimal" | "base" | "minimal-ubuntu");
+        if !snapshot_template && !base {
+            return Err(AgentError::SandboxNotFound(format!(
+                "template {:?} (id {:?}) is not on this host",
+                req.template, req.template_id
             )));
         }
         Ok(())
@@ -290,11 +353,23 @@ impl SandboxManager {
         let id = req.sandbox_id.clone();
         {
             let mut creating = lock(&self.creating);
-            if read(&self.boxes).contains_key(&id) || !creating.insert(id.clone()) {
+            if read(&self.boxes).contains_key(&id)
+                || read(&self.paused).contains_key(&id)
+                || !creating.insert(id.clone())
+            {
                 return Err(AgentError::SandboxExists(id));
             }
         }
-        let result = self.create_inner(req).await;
+        let from_template = !req.template_id.is_empty()
+            && self
+                .template_dir(&req.template_id)
+                .join(TEMPLATE_MANIFEST)
+                .exists();
+        let result = if from_template {
+            self.create_from_template(req).await
+        } else {
+            self.create_inner(req).await
+        };
         lock(&self.creating).remove(&id);
         result
     }
@@ -357,6 +432,7 @@ impl SandboxManager {
             guest_mac: GUEST_MAC.into(),
             tx_rate_limit: None,
             run_dir: dir.clone(),
+            memory_path: dir.join("memory.raw"),
             metadata,
         };
         let vm = self.vmm.start(&spec).await?;
@@ -381,6 +457,7 @@ impl SandboxManager {
             disk: disk_path,
             disk_format,
             vm: vm.clone(),
+            state: RecordState::Running,
         };
         // Persisted before the (slow) wait, so an agent crash mid-boot still finds this VM.
         record.save(&dir)?;
@@ -403,7 +480,7 @@ impl SandboxManager {
         };
         envd.init(&init_request(&record)).await?;
 
-        let sandbox = self.register(record, addresses, envd, dir);
+        let sandbox = self.register(record, addresses, envd, dir, Default::default());
         undo.disarm();
         tracing::info!(
             sandbox = %id,
@@ -418,14 +495,15 @@ impl SandboxManager {
 
     /// Destroys a sandbox: VM, network, disk, files. Waits for a running lifecycle operation.
     pub async fn destroy(&self, id: &str) -> AgentResult<()> {
-        let sb = read(&self.boxes)
-            .get(id)
-            .cloned()
-            .ok_or_else(|| AgentError::SandboxNotFound(id.to_string()))?;
+        let found = read(&self.boxes).get(id).cloned();
+        let Some(sb) = found else {
+            return self.destroy_paused(id).await;
+        };
         let _life = sb.lifecycle.lock().await;
         if !read(&self.boxes).contains_key(id) {
-            // Someone else destroyed it while we waited.
-            return Err(AgentError::SandboxNotFound(id.to_string()));
+            // It was paused (or destroyed) while we waited.
+            drop(_life);
+            return self.destroy_paused(id).await;
         }
         *lock(&sb.status) = SandboxStatus::Stopping;
         sb.tasks.cancel();
@@ -441,6 +519,21 @@ impl SandboxManager {
             .await;
         write(&self.boxes).remove(id);
         tracing::info!(sandbox = %id, "sandbox destroyed");
+        result
+    }
+
+    /// Destroys a paused sandbox: its folder holds everything (snapshot, disk, record).
+    async fn destroy_paused(&self, id: &str) -> AgentResult<()> {
+        let found = read(&self.paused).get(id).cloned();
+        let paused = found.ok_or_else(|| AgentError::SandboxNotFound(id.to_string()))?;
+        let _life = paused.lifecycle.lock().await;
+        if write(&self.paused).remove(id).is_none() {
+            // It was resumed while we waited: destroy the running one.
+            drop(_life);
+            return Box::pin(self.destroy(id)).await;
+        }
+        let result = self.teardown(id, None, None, &paused.dir, None).await;
+        tracing::info!(sandbox = %id, "paused sandbox destroyed");
         result
     }
 
@@ -516,15 +609,45 @@ impl SandboxManager {
                     continue;
                 }
             };
+            if record.state == RecordState::Paused {
+                if !Self::has_snapshot(&dir) {
+                    tracing::error!(sandbox = %name, "paused sandbox without a complete snapshot; it cannot be resumed");
+                }
+                self.adopt_paused(record, dir);
+                report.paused.push(name);
+                continue;
+            }
             let addresses = SlotAddresses::for_slot(record.slot);
             let netns_ok = std::path::Path::new("/run/netns")
                 .join(&addresses.netns)
                 .exists();
+            let committed = Self::has_snapshot(&dir);
             if record.vm.is_alive() && netns_ok && self.slots.reserve(record.slot) {
+                if committed {
+                    // The previous agent died after committing a pause: finish it.
+                    tracing::warn!(sandbox = %name, "finishing a pause interrupted by a crash");
+                    let _ = self.vmm.stop(&record.vm).await;
+                    match self.network.destroy(record.slot).await {
+                        Ok(()) => self.slots.release(record.slot),
+                        Err(e) => tracing::error!(sandbox = %name, error = %e, "removing the network failed"),
+                    }
+                    self.adopt_paused(record, dir);
+                    report.paused.push(name);
+                    continue;
+                }
                 known_pids.push(record.vm.pid);
                 keep_slots.push(record.slot);
+                // A crash in the middle of a pause leaves the vCPUs frozen; thawing a running VM
+                // is harmless.
+                if let Err(e) = self.vmm.resume_vcpus(&record.vm).await {
+                    tracing::warn!(sandbox = %name, error = %e, "could not make sure the adopted VM runs");
+                }
                 self.adopt(record, addresses, dir);
                 report.adopted.push(name);
+            } else if committed {
+                tracing::warn!(sandbox = %name, "its VM is gone but its pause snapshot is complete; keeping it paused");
+                self.adopt_paused(record, dir);
+                report.paused.push(name);
             } else {
                 tracing::warn!(sandbox = %name, "its VM is gone; cleaning up");
                 let _ = self
@@ -542,6 +665,7 @@ impl SandboxManager {
         report.stale_namespaces = cleanup.namespaces.len();
         tracing::info!(
             adopted = report.adopted.len(),
+            paused = report.paused.len(),
             removed = report.removed.len(),
             orphan_vms = report.orphan_vms,
             stale_namespaces = report.stale_namespaces,
@@ -561,7 +685,7 @@ impl SandboxManager {
             },
         );
         let envd = EnvdClient::new(&id, IpAddr::V4(addresses.host_ip));
-        self.register(record, addresses, envd, dir);
+        self.register(record, addresses, envd, dir, Default::default());
     }
 
     /// Puts a running sandbox in the live map and starts its sampler.
@@ -571,6 +695,7 @@ impl SandboxManager {
         addresses: SlotAddresses,
         envd: EnvdClient,
         dir: PathBuf,
+        lifecycle: Arc<tokio::sync::Mutex<()>>,
     ) -> Arc<Sandbox> {
         let sandbox = Arc::new(Sandbox {
             id: record.sandbox_id.clone(),
@@ -579,7 +704,7 @@ impl SandboxManager {
             dir,
             record: Mutex::new(record),
             status: Mutex::new(SandboxStatus::Running),
-            lifecycle: tokio::sync::Mutex::new(()),
+            lifecycle,
             last_active: AtomicI64::new(now_unix()),
             metrics: Mutex::new(MetricsRing::default()),
             tasks: self.shutdown.child_token(),
@@ -648,28 +773,17 @@ impl SandboxManager {
         Ok(tiers)
     }
 
-    /// Pausing arrives with snapshots; until then an expired sandbox is destroyed.
-    pub async fn pause(&self, id: &str) -> AgentResult<()> {
-        self.get(id)?;
-        Err(AgentError::Unimplemented("pause (snapshots)"))
-    }
-
-    /// Pauses every running sandbox, because the control plane cannot account for them (it has
-    /// been unreachable for several heartbeats, or refused the host's credentials). Pausing
-    /// arrives with snapshots; until then this only says so, and nothing is destroyed.
-    pub async fn pause_all(&self) {
-        let running = self.list().len();
-        tracing::warn!(
-            running,
-            "pause_all: pausing sandboxes is not implemented yet; they keep running"
-        );
-    }
-
     /// Destroys every sandbox (the Terminate RPC: the host is being removed).
     pub async fn destroy_all(&self) {
-        for sb in self.list() {
-            if let Err(e) = self.destroy(&sb.id).await {
-                tracing::error!(sandbox = %sb.id, error = %e, "destroy failed");
+        let ids: Vec<String> = self
+            .list()
+            .iter()
+            .map(|sb| sb.id.clone())
+            .chain(self.list_paused().iter().map(|p| p.record.sandbox_id.clone()))
+            .collect();
+        for id in ids {
+            if let Err(e) = self.destroy(&id).await {
+                tracing::error!(sandbox = %id, error = %e, "destroy failed");
             }
         }
     }
@@ -699,6 +813,8 @@ pub fn init_request(record: &SandboxRecord) -> InitRequest {
 #[derive(Debug, Default, Clone)]
 pub struct RecoveryReport {
     pub adopted: Vec<String>,
+    /// Paused sandboxes found (their snapshots stay on disk until resumed or destroyed).
+    pub paused: Vec<String>,
     pub removed: Vec<String>,
     pub orphan_vms: usize,
     pub stale_namespaces: usize,

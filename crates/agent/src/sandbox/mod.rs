@@ -11,4 +11,7 @@ pub mod manager;
 pub mod metrics;
 pub mod record;
 
-pub use manager::{CreateRequest, ManagerConfig, Sandbox, SandboxManager, SandboxStatus};
+pub use manager::{
+    CreateRequest, ManagerConfig, PauseReport, PausedSandbox, ResumeOverrides, Sandbox,
+    SandboxManager, SandboxStatus, TrafficGate,
+};

@@ -9,6 +9,15 @@ use std::path::{Path, PathBuf};
 
 pub const RECORD_FILE: &str = "record.json";
 
+/// Whether the sandbox's VM runs, or it sleeps in a snapshot in its folder.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecordState {
+    #[default]
+    Running,
+    Paused,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SandboxRecord {
     pub sandbox_id: String,
@@ -33,22 +42,17 @@ pub struct SandboxRecord {
     pub kernel_release: String,
     pub disk: PathBuf,
     pub disk_format: DiskFormat,
+    /// The VM while running; stale (and never acted on) while paused.
     pub vm: VmHandle,
+    #[serde(default)]
+    pub state: RecordState,
 }
 
 impl SandboxRecord {
     /// Writes the record atomically (temporary file, fsync, rename): a crash never leaves half a
     /// record behind.
     pub fn save(&self, dir: &Path) -> AgentResult<()> {
-        use std::io::Write;
-        let path = dir.join(RECORD_FILE);
-        let tmp = dir.join(format!(".{RECORD_FILE}.tmp"));
-        let json =
-            serde_json::to_vec_pretty(self).map_err(|e| AgentError::Internal(e.to_string()))?;
-        let mut f = std::fs::File::create(&tmp).map_err(|e| AgentError::io(&tmp, e))?;
-        f.write_all(&json).map_err(|e| AgentError::io(&tmp, e))?;
-        f.sync_all().map_err(|e| AgentError::io(&tmp, e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| AgentError::io(&path, e))
+        write_json_atomic(&dir.join(RECORD_FILE), self)
     }
 
     pub fn load(dir: &Path) -> AgentResult<Self> {
@@ -57,6 +61,29 @@ impl SandboxRecord {
         serde_json::from_slice(&text)
             .map_err(|e| AgentError::Internal(format!("{} is malformed: {e}", path.display())))
     }
+}
+
+/// Writes `value` as JSON to `path` atomically (temporary file, fsync, rename, fsync of the
+/// folder): readers see the old file or the new one, never half of one.
+pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> AgentResult<()> {
+    use std::io::Write;
+    let dir = path
+        .parent()
+        .ok_or_else(|| AgentError::Internal(format!("{} has no folder", path.display())))?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let json = serde_json::to_vec_pretty(value).map_err(|e| AgentError::Internal(e.to_string()))?;
+    let mut f = std::fs::File::create(&tmp).map_err(|e| AgentError::io(&tmp, e))?;
+    f.write_all(&json).map_err(|e| AgentError::io(&tmp, e))?;
+    f.sync_all().map_err(|e| AgentError::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| AgentError::io(path, e))?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -93,6 +120,7 @@ mod tests {
                 control_socket: "/x/qmp.sock".into(),
                 serial_log: "/x/serial.log".into(),
             },
+            state: RecordState::Paused,
         };
         rec.save(dir.path()).expect("save");
         assert_eq!(SandboxRecord::load(dir.path()).expect("load"), rec);

@@ -82,7 +82,56 @@ pub struct VmSpec {
     pub tx_rate_limit: Option<TokenBucket>,
     /// Per-sandbox folder for the API/QMP socket, the serial log and the pid file.
     pub run_dir: PathBuf,
+    /// The file that backs guest RAM. QEMU maps it shared, so a snapshot only has to save device
+    /// state; Firecracker ignores it (its memory goes through the snapshot API).
+    pub memory_path: PathBuf,
     pub metadata: GuestMetadata,
+}
+
+/// How a driver's snapshots carry guest memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemorySnapshot {
+    /// Guest RAM already lives in [`VmSpec::memory_path`] (QEMU's shared memory backend with
+    /// `x-ignore-shared`): the snapshot is that file plus a small device-state file.
+    SharedFile,
+    /// The VMM writes guest memory itself (Firecracker's full or diff memory file); a restore
+    /// gets it back page by page from the agent's userfaultfd page server.
+    VmmWritten,
+}
+
+/// Full (every page) or diff (pages dirtied since the VM was restored) memory snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotKind {
+    Full,
+    Diff,
+}
+
+/// Where [`Vmm::save_snapshot`] writes.
+#[derive(Debug, Clone)]
+pub struct SnapshotTarget {
+    /// Device and vCPU state (QEMU's migration stream, Firecracker's `snapfile`).
+    pub state: PathBuf,
+    /// Guest memory, for [`MemorySnapshot::VmmWritten`] drivers only.
+    pub memory: Option<PathBuf>,
+    pub kind: SnapshotKind,
+}
+
+/// Where a restored VM gets its memory from.
+#[derive(Debug, Clone)]
+pub enum RestoreMemory {
+    /// Map [`VmSpec::memory_path`], which already holds the snapshot's RAM.
+    SharedFile,
+    /// Connect to the page server listening on this Unix socket (Firecracker's `Uffd` backend).
+    PageServer(PathBuf),
+}
+
+/// What [`Vmm::restore`] starts from.
+#[derive(Debug, Clone)]
+pub struct RestoreSource {
+    pub state: PathBuf,
+    pub memory: RestoreMemory,
 }
 
 /// A running VM, as much as is needed to find it again after an agent restart.
@@ -125,4 +174,29 @@ pub trait Vmm: Send + Sync + std::fmt::Debug {
     /// Replaces the identity the guest reads from its metadata service. QEMU guests read it from
     /// the agent's own server, so that driver has nothing to do.
     async fn set_metadata(&self, vm: &VmHandle, metadata: &GuestMetadata) -> AgentResult<()>;
+
+    /// How this driver's snapshots carry guest memory.
+    fn memory_snapshot(&self) -> MemorySnapshot;
+
+    /// Freezes the vCPUs; the VMM process keeps running.
+    async fn pause_vcpus(&self, vm: &VmHandle) -> AgentResult<()>;
+
+    /// Thaws vCPUs frozen by [`pause_vcpus`](Self::pause_vcpus) or left frozen by
+    /// [`restore`](Self::restore).
+    async fn resume_vcpus(&self, vm: &VmHandle) -> AgentResult<()>;
+
+    /// Writes the state of a frozen VM to `target`. The VM stays frozen and usable: on failure
+    /// the caller thaws it and nothing is lost.
+    async fn save_snapshot(&self, vm: &VmHandle, target: &SnapshotTarget) -> AgentResult<()>;
+
+    /// Starts a new VMM process from a snapshot and returns with the guest still frozen, so the
+    /// caller can finish its checks before the guest runs. `spec` gives the new run directory,
+    /// network namespace, memory file and identity; vCPUs and memory size come from the snapshot.
+    async fn restore(&self, spec: &VmSpec, from: &RestoreSource) -> AgentResult<VmHandle>;
+
+    /// Sets the balloon to `amount_mib` (0 deflates it). Returns `false` when this VM has no
+    /// balloon, which is not an error.
+    async fn set_balloon(&self, _vm: &VmHandle, _amount_mib: u32) -> AgentResult<bool> {
+        Ok(false)
+    }
 }

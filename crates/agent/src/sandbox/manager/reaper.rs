@@ -110,7 +110,7 @@ impl SandboxManager {
     /// Pauses an expired sandbox, or destroys it when it cannot be paused, and records which.
     async fn expire(&self, id: &str) {
         let pause_error = match self.pause(id).await {
-            Ok(()) => {
+            Ok(_) => {
                 tracing::info!(sandbox = %id, "idle timeout: paused");
                 self.auto_paused.record(id);
                 return;

@@ -50,12 +50,13 @@ impl SandboxManager {
                 control_socket: dir.join("qmp.sock"),
                 serial_log: dir.join("serial.log"),
             },
+            state: Default::default(),
         };
         let envd = match envd_base {
             Some(base) => EnvdClient::with_base(id, base),
             None => EnvdClient::new(id, IpAddr::V4(addresses.host_ip)),
         };
-        let sb = self.register(record, addresses, envd, dir);
+        let sb = self.register(record, addresses, envd, dir, Default::default());
         sb.set_idle_for(idle_for);
         sb
     }

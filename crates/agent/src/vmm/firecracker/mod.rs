@@ -2,31 +2,53 @@
 //!
 //! - [`api`]: the request bodies, named exactly as in Firecracker's swagger definition.
 //! - [`client`]: HTTP/1.1 over the API's Unix socket, with a deadline on every call.
+//! - `launch`: starting the process, plain or jailed, and cleaning up after it.
+//! - [`snapshot`]: snapshot create and load, and how their files reach a jailed Firecracker.
 //!
 //! Firecracker is started inside the sandbox's network namespace (`ip netns exec`, which execs in
 //! place, so the pid we spawn is Firecracker's) in a session of its own, so it outlives an agent
 //! restart. Its stdout and stderr, which carry both its own log and the guest's serial console,
 //! are appended to `firecracker.log` in the sandbox's run folder. Booting is then a fixed sequence
-//! of API calls ([`BootConfig::apply`]), the one upstream Wrenn used.
+//! of API calls ([`BootConfig::apply`]), the one upstream Wrenn used plus a balloon device and
+//! dirty-page tracking (so that a restored VM's next snapshot can be a diff).
 //!
 //! With a [`JailerConfig`], the jailer starts Firecracker instead: chrooted, as an unprivileged
 //! user, in the namespace. The kernel, initrd and disk are then hard-linked into the chroot and the
 //! API is given their paths inside it.
+//!
+//! # The drive path, and why it is relative
+//!
+//! A snapshot records the root drive's `path_on_host`, and a restore reopens exactly that path
+//! (Firecracker wants host resources "at the same relative paths"). A restored sandbox runs from
+//! another folder than the one snapshotted (a template's clone always, a resumed sandbox possibly),
+//! so the drive is always given as the relative [`DRIVE_PATH`], resolved against Firecracker's
+//! working directory:
+//! - without the jailer, Firecracker works in the run folder, where `DRIVE_PATH` is a symlink to
+//!   the sandbox's disk, made anew on every start and restore;
+//! - under the jailer, it works in the chroot's `/`, where `DRIVE_PATH` is the disk's hard link.
+//!
+//! So a snapshot restores wherever the sandbox's files are now, jailed or not. Every other path
+//! Firecracker is given is absolute, so that no relative path of the caller's is ever resolved
+//! against the run folder by mistake.
 
 pub mod api;
 pub mod client;
+mod launch;
+pub mod snapshot;
 
 pub use client::{DEFAULT_API_TIMEOUT, FirecrackerClient, SNAPSHOT_API_TIMEOUT};
 
 use self::api::{
-    ActionType, Balloon, BootSource, Drive, MachineConfiguration, MmdsConfig, MmdsVersion,
-    NetworkInterface, RateLimiter,
+    ActionType, Balloon, BalloonUpdate, BootSource, Drive, MachineConfiguration, MmdsConfig,
+    MmdsVersion, NetworkInterface, RateLimiter, VmState,
 };
-use super::{DiskFormat, GuestMetadata, VmHandle, VmSpec, Vmm, VmmKind, process};
+use super::{
+    DiskFormat, GuestMetadata, MemorySnapshot, RestoreSource, SnapshotTarget, VmHandle, VmSpec,
+    Vmm, VmmKind, process,
+};
 use crate::error::{AgentError, AgentResult};
 use async_trait::async_trait;
 use std::ffi::OsString;
-use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -44,19 +66,13 @@ pub const LOG_FILE: &str = "firecracker.log";
 pub const ROOT_DRIVE_ID: &str = "rootfs";
 /// The guest NIC's interface id (also the one MMDS answers on). Recorded in snapshots too.
 pub const GUEST_IFACE_ID: &str = "eth0";
-/// File names of the boot files inside a jailer chroot.
-const JAIL_KERNEL: &str = "vmlinux";
-const JAIL_INITRD: &str = "initrd";
-const JAIL_ROOTFS: &str = "rootfs";
+/// The root drive's `path_on_host`, relative to Firecracker's working directory: a symlink to
+/// the disk in the run folder, or the disk's hard link in the jail. Snapshots record it, so it
+/// must never change (see the module docs).
+pub const DRIVE_PATH: &str = "firecracker-rootfs";
 
-/// How long Firecracker gets to open its API socket. It does so within milliseconds; anything
-/// slower means it is stuck, not slow.
-const SOCKET_WAIT: Duration = Duration::from_secs(5);
-const SOCKET_POLL: Duration = Duration::from_millis(10);
 /// SIGTERM grace before SIGKILL on stop.
 const STOP_GRACE: Duration = Duration::from_secs(10);
-/// How much of the log goes into a start error.
-const LOG_TAIL_BYTES: u64 = 4096;
 
 /// Kernel arguments Firecracker guests need, each added only when the image's own arguments do
 /// not already set that key (so an image can override any of them):
@@ -203,73 +219,9 @@ impl Firecracker {
         args
     }
 
-    /// The API socket's host path for `spec`.
-    pub fn api_socket(&self, spec: &VmSpec) -> PathBuf {
-        match &self.jailer {
-            Some(j) => j
-                .chroot(&self.binary, &instance_id(&spec.sandbox_id))
-                .join(API_SOCKET),
-            None => spec.run_dir.join(API_SOCKET),
-        }
-    }
-
-    /// The full command line (program first) that starts Firecracker for `spec` (pure; tested).
-    pub fn launch_command(&self, spec: &VmSpec) -> Vec<OsString> {
-        let id = instance_id(&spec.sandbox_id);
-        let mut argv: Vec<OsString> = Vec::new();
-        match &self.jailer {
-            None => {
-                argv.extend([
-                    self.ip.clone().into(),
-                    "netns".into(),
-                    "exec".into(),
-                    spec.netns.clone().into(),
-                    self.binary.clone().into(),
-                    "--api-sock".into(),
-                    self.api_socket(spec).into(),
-                    "--id".into(),
-                    id.into(),
-                ]);
-            }
-            Some(j) => {
-                // The jailer passes `--id` on to Firecracker itself; what follows `--` is for
-                // Firecracker, with paths inside the chroot.
-                argv.extend([
-                    j.binary.clone().into(),
-                    "--id".into(),
-                    id.into(),
-                    "--exec-file".into(),
-                    self.binary.clone().into(),
-                    "--uid".into(),
-                    j.uid.to_string().into(),
-                    "--gid".into(),
-                    j.gid.to_string().into(),
-                    "--chroot-base-dir".into(),
-                    j.chroot_base.clone().into(),
-                    "--netns".into(),
-                    Path::new("/var/run/netns").join(&spec.netns).into(),
-                    "--".into(),
-                    "--api-sock".into(),
-                    Path::new("/").join(API_SOCKET).into(),
-                ]);
-            }
-        }
-        argv
-    }
-
     /// Every API call that boots `spec`, with paths as Firecracker sees them (pure; tested).
     pub fn boot_config(&self, spec: &VmSpec) -> BootConfig {
-        let (kernel, initrd, disk) = match &self.jailer {
-            None => (spec.kernel.clone(), spec.initrd.clone(), spec.disk.clone()),
-            Some(_) => {
-                let root = Path::new("/");
-                (
-                    root.join(JAIL_KERNEL),
-                    spec.initrd.as_ref().map(|_| root.join(JAIL_INITRD)),
-                    root.join(JAIL_ROOTFS),
-                )
-            }
-        };
+        let (kernel, initrd, disk) = self.boot_paths(spec);
         BootConfig {
             boot_source: BootSource {
                 kernel_image_path: kernel,
@@ -294,7 +246,8 @@ impl Firecracker {
                 vcpu_count: spec.vcpus,
                 mem_size_mib: spec.memory_mib,
                 smt: false,
-                track_dirty_pages: None,
+                // Needed for diff snapshots; a restored VM gets it from the snapshot load.
+                track_dirty_pages: Some(true),
             },
             balloon: Some(Balloon {
                 amount_mib: 0,
@@ -308,148 +261,6 @@ impl Firecracker {
             },
             metadata: spec.metadata.clone(),
         }
-    }
-
-    /// Starts a Firecracker process for `spec` and waits until its API answers, without
-    /// configuring anything: `start` boots it, a snapshot restore loads a snapshot into it.
-    /// On failure the process is gone and the socket removed.
-    pub async fn spawn(&self, spec: &VmSpec) -> AgentResult<VmHandle> {
-        let socket = self.api_socket(spec);
-        let log_path = spec.run_dir.join(LOG_FILE);
-        std::fs::create_dir_all(&spec.run_dir).map_err(|e| AgentError::io(&spec.run_dir, e))?;
-        // A stale socket from a crashed run would make the wait below succeed at once.
-        remove_file_if_exists(&socket)?;
-        if let Some(jailer) = &self.jailer {
-            self.stage_jail(jailer, spec)?;
-        }
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(|e| AgentError::io(&log_path, e))?;
-        // Only what this run writes goes into an error.
-        let log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
-        let log_err = log.try_clone().map_err(|e| AgentError::io(&log_path, e))?;
-
-        let argv = self.launch_command(spec);
-        let Some((program, args)) = argv.split_first() else {
-            return Err(AgentError::Internal(
-                "empty firecracker command line".into(),
-            ));
-        };
-        let mut cmd = tokio::process::Command::new(program);
-        cmd.args(args)
-            .stdin(std::process::Stdio::null())
-            .stdout(log)
-            .stderr(log_err);
-        // SAFETY: setsid is async-signal-safe, and nothing else runs between fork and exec.
-        // A session of its own keeps the VM out of the agent's process group, so a Ctrl-C or a
-        // service manager's group kill of the agent does not take the sandboxes with it.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::setsid() < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        tracing::debug!(sandbox = %spec.sandbox_id, ?argv, "starting firecracker");
-        let mut child = cmd.spawn().map_err(|e| {
-            AgentError::Vmm(format!("cannot run {}: {e}", Path::new(program).display()))
-        })?;
-        let handle = match child
-            .id()
-            .and_then(|pid| Some((pid, process::start_time(pid)?)))
-        {
-            Some((pid, start_time)) => VmHandle {
-                kind: VmmKind::Firecracker,
-                pid,
-                start_time,
-                control_socket: socket.clone(),
-                serial_log: log_path.clone(),
-            },
-            None => {
-                let status = child.wait().await.ok();
-                self.cleanup_files(&socket);
-                return Err(AgentError::Vmm(format!(
-                    "firecracker exited at once ({}): {}",
-                    status.map_or_else(|| "unknown status".into(), |s| s.to_string()),
-                    log_tail(&log_path, log_start)
-                )));
-            }
-        };
-        match wait_for_socket(&mut child, &socket).await {
-            Ok(()) => {
-                // Dropping the child does not kill it; tokio reaps it if it exits while the agent
-                // runs, and [`process::wait_gone`] reaps it on stop.
-                tracing::debug!(sandbox = %spec.sandbox_id, pid = handle.pid, "firecracker API is up");
-                Ok(handle)
-            }
-            Err(e) => {
-                let _ = child.start_kill();
-                let _ = child.wait().await;
-                self.cleanup_files(&socket);
-                Err(AgentError::Vmm(format!(
-                    "{e}; firecracker log: {}",
-                    log_tail(&log_path, log_start)
-                )))
-            }
-        }
-    }
-
-    /// Links the boot files into the jailer's chroot, where Firecracker expects them.
-    fn stage_jail(&self, jailer: &JailerConfig, spec: &VmSpec) -> AgentResult<()> {
-        let jail = jailer.jail_dir(&self.binary, &instance_id(&spec.sandbox_id));
-        // Leftovers of a crashed run: only links and the socket.
-        if jail.exists() {
-            std::fs::remove_dir_all(&jail).map_err(|e| AgentError::io(&jail, e))?;
-        }
-        let root = jail.join("root");
-        std::fs::create_dir_all(&root).map_err(|e| AgentError::io(&root, e))?;
-        link_or_copy(&spec.kernel, &root.join(JAIL_KERNEL))?;
-        if let Some(initrd) = &spec.initrd {
-            link_or_copy(initrd, &root.join(JAIL_INITRD))?;
-        }
-        // The disk must be the sandbox's own file, never a copy of it.
-        let disk = root.join(JAIL_ROOTFS);
-        std::fs::hard_link(&spec.disk, &disk).map_err(|e| {
-            AgentError::Vmm(format!(
-                "cannot link {} into the jail at {} (the chroot base must be on the disk's \
-                 filesystem): {e}",
-                spec.disk.display(),
-                disk.display()
-            ))
-        })?;
-        std::os::unix::fs::chown(&disk, Some(jailer.uid), Some(jailer.gid))
-            .map_err(|e| AgentError::io(&disk, e))?;
-        Ok(())
-    }
-
-    /// Removes the API socket and, under the jailer, the VM's jail folder (whose hard links
-    /// would otherwise keep a deleted disk's blocks allocated).
-    fn cleanup_files(&self, socket: &Path) {
-        let _ = std::fs::remove_file(socket);
-        let Some(jailer) = &self.jailer else {
-            return;
-        };
-        // socket = <chroot_base>/<exec>/<id>/root/<API_SOCKET>; only ever remove that <id> folder.
-        let jail = socket.parent().and_then(Path::parent);
-        if let Some(jail) = jail
-            && jail.parent().and_then(Path::parent) == Some(jailer.chroot_base.as_path())
-            && let Err(e) = std::fs::remove_dir_all(jail)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::warn!(jail = %jail.display(), error = %e, "cannot remove firecracker jail");
-        }
-    }
-
-    /// SIGKILL without grace: for a VM that never finished booting, there is nothing to save.
-    async fn kill(&self, vm: &VmHandle) {
-        if vm.is_alive() {
-            process::signal(vm.pid, nix::sys::signal::Signal::SIGKILL);
-            process::wait_gone(vm.pid, vm.start_time, Duration::from_secs(5)).await;
-        }
-        self.cleanup_files(&vm.control_socket);
     }
 }
 
@@ -504,32 +315,12 @@ impl Vmm for Firecracker {
     }
 
     async fn start(&self, spec: &VmSpec) -> AgentResult<VmHandle> {
-        if spec.disk_format != DiskFormat::Raw {
-            return Err(AgentError::Vmm(format!(
-                "firecracker only boots raw disks, but {} is {:?}",
-                spec.disk.display(),
-                spec.disk_format
-            )));
-        }
+        check_disk(spec)?;
         let config = self.boot_config(spec);
         let vm = self.spawn(spec).await?;
         if let Err(e) = config.apply(&self.client(&vm)).await {
-            let died = !vm.is_alive();
-            self.kill(&vm).await;
-            let log = if died {
-                format!(
-                    "; firecracker exited, its log: {}",
-                    log_tail(&vm.serial_log, 0)
-                )
-            } else {
-                String::new()
-            };
             tracing::warn!(sandbox = %spec.sandbox_id, error = %e, "firecracker boot failed");
-            return Err(match e {
-                AgentError::Vmm(msg) => AgentError::Vmm(format!("{msg}{log}")),
-                other if died => AgentError::Vmm(format!("{other}{log}")),
-                other => other,
-            });
+            return Err(self.abandon(&vm, e).await);
         }
         tracing::info!(sandbox = %spec.sandbox_id, pid = vm.pid, "firecracker VM started");
         Ok(vm)
@@ -556,6 +347,41 @@ impl Vmm for Firecracker {
     async fn set_metadata(&self, vm: &VmHandle, metadata: &GuestMetadata) -> AgentResult<()> {
         self.client(vm).put_mmds(metadata).await
     }
+
+    fn memory_snapshot(&self) -> MemorySnapshot {
+        MemorySnapshot::VmmWritten
+    }
+
+    /// `PATCH /vm` to `Paused`.
+    async fn pause_vcpus(&self, vm: &VmHandle) -> AgentResult<()> {
+        self.client(vm).patch_vm_state(VmState::Paused).await
+    }
+
+    /// `PATCH /vm` to `Resumed`.
+    async fn resume_vcpus(&self, vm: &VmHandle) -> AgentResult<()> {
+        self.client(vm).patch_vm_state(VmState::Resumed).await
+    }
+
+    /// `PUT /snapshot/create` (see [`snapshot`] for the jailed case). Needs `target.memory`.
+    async fn save_snapshot(&self, vm: &VmHandle, target: &SnapshotTarget) -> AgentResult<()> {
+        self.write_snapshot(vm, target).await
+    }
+
+    /// A fresh process like [`start`](Vmm::start)'s, then `PUT /snapshot/load` with the page
+    /// server as memory backend and `PUT /mmds`; the guest stays paused. Needs
+    /// [`RestoreMemory::PageServer`](super::RestoreMemory::PageServer).
+    async fn restore(&self, spec: &VmSpec, from: &RestoreSource) -> AgentResult<VmHandle> {
+        self.restore_vm(spec, from).await
+    }
+
+    /// `PATCH /balloon`. Every VM this driver boots has a balloon unless Firecracker refused it
+    /// at boot, in which case Firecracker's error is returned.
+    async fn set_balloon(&self, vm: &VmHandle, amount_mib: u32) -> AgentResult<bool> {
+        self.client(vm)
+            .patch_balloon(&BalloonUpdate { amount_mib })
+            .await
+            .map(|()| true)
+    }
 }
 
 /// Firecracker ids (`--id`, and the jailer's folder name) allow only ASCII letters, digits and
@@ -574,72 +400,29 @@ fn parse_version(output: &str) -> Option<String> {
     Some(word.trim_start_matches('v').to_string())
 }
 
-/// Polls until the API socket accepts connections, failing early if Firecracker exits.
-async fn wait_for_socket(child: &mut tokio::process::Child, socket: &Path) -> AgentResult<()> {
-    let deadline = tokio::time::Instant::now() + SOCKET_WAIT;
-    loop {
-        if let Some(status) = child
-            .try_wait()
-            .map_err(|e| AgentError::Vmm(format!("cannot check on firecracker: {e}")))?
-        {
-            return Err(AgentError::Vmm(format!(
-                "firecracker exited ({status}) before opening its API socket"
-            )));
-        }
-        if tokio::net::UnixStream::connect(socket).await.is_ok() {
-            return Ok(());
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(AgentError::Vmm(format!(
-                "firecracker did not open its API socket {} within {SOCKET_WAIT:?}",
-                socket.display()
-            )));
-        }
-        tokio::time::sleep(SOCKET_POLL).await;
-    }
-}
-
-fn remove_file_if_exists(path: &Path) -> AgentResult<()> {
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(AgentError::io(path, e)),
-        _ => Ok(()),
-    }
-}
-
-/// Hard-links `from` to `to`, copying when they are on different filesystems (fine for the
-/// read-only kernel and initrd, which are shared by every VM and never written).
-fn link_or_copy(from: &Path, to: &Path) -> AgentResult<()> {
-    if std::fs::hard_link(from, to).is_ok() {
+/// Firecracker only takes raw disks.
+fn check_disk(spec: &VmSpec) -> AgentResult<()> {
+    if spec.disk_format == DiskFormat::Raw {
         return Ok(());
     }
-    std::fs::copy(from, to)
-        .map(drop)
-        .map_err(|e| AgentError::io(from, e))
+    Err(AgentError::Vmm(format!(
+        "firecracker only boots raw disks, but {} is {:?}",
+        spec.disk.display(),
+        spec.disk_format
+    )))
 }
 
-/// The end of `path` from byte `from` on, as one line for an error message.
-fn log_tail(path: &Path, from: u64) -> String {
-    let read = || -> std::io::Result<String> {
-        let mut file = std::fs::File::open(path)?;
-        let len = file.metadata()?.len();
-        let start = from.max(len.saturating_sub(LOG_TAIL_BYTES));
-        file.seek(SeekFrom::Start(start))?;
-        let mut buf = Vec::new();
-        file.read_to_end(&mut buf)?;
-        Ok(String::from_utf8_lossy(&buf).trim().replace('\n', " | "))
-    };
-    match read() {
-        Ok(text) if text.is_empty() => "(empty)".into(),
-        Ok(text) => text,
-        Err(e) => format!("(unreadable: {e})"),
-    }
+/// `path` made absolute against the agent's working directory (Firecracker has another one).
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn spec() -> VmSpec {
+    /// A spec with fixed host paths; shared by the tests of the submodules.
+    pub(in crate::vmm::firecracker) fn spec() -> VmSpec {
         VmSpec {
             sandbox_id: "sb_1".into(),
             vcpus: 2,
@@ -654,18 +437,13 @@ mod tests {
             guest_mac: "02:FC:00:00:00:05".into(),
             tx_rate_limit: None,
             run_dir: "/data/sandboxes/sb_1".into(),
+            memory_path: PathBuf::from("/unused/memory.raw"),
             metadata: GuestMetadata {
                 instance_id: "sb_1".into(),
                 env_id: "t".into(),
                 address: None,
             },
         }
-    }
-
-    fn strings(argv: &[OsString]) -> Vec<String> {
-        argv.iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect()
     }
 
     #[test]
@@ -680,62 +458,13 @@ mod tests {
         );
     }
 
-    #[test]
-    fn plain_command_line_enters_the_namespace_with_ip() {
-        let fc = Firecracker::new("/usr/local/bin/firecracker");
-        assert_eq!(
-            strings(&fc.launch_command(&spec())),
-            [
-                "ip",
-                "netns",
-                "exec",
-                "wrenn-ns-3",
-                "/usr/local/bin/firecracker",
-                "--api-sock",
-                "/data/sandboxes/sb_1/firecracker.sock",
-                "--id",
-                "sb-1",
-            ]
-        );
-    }
-
-    fn jailer() -> JailerConfig {
+    pub(in crate::vmm::firecracker) fn jailer() -> JailerConfig {
         JailerConfig {
             binary: "/usr/local/bin/jailer".into(),
             uid: 123,
             gid: 456,
             chroot_base: "/srv/jail".into(),
         }
-    }
-
-    #[test]
-    fn jailer_command_line_puts_firecracker_arguments_after_the_separator() {
-        let fc = Firecracker::new("/usr/local/bin/firecracker").with_jailer(jailer());
-        assert_eq!(
-            strings(&fc.launch_command(&spec())),
-            [
-                "/usr/local/bin/jailer",
-                "--id",
-                "sb-1",
-                "--exec-file",
-                "/usr/local/bin/firecracker",
-                "--uid",
-                "123",
-                "--gid",
-                "456",
-                "--chroot-base-dir",
-                "/srv/jail",
-                "--netns",
-                "/var/run/netns/wrenn-ns-3",
-                "--",
-                "--api-sock",
-                "/firecracker.sock",
-            ]
-        );
-        assert_eq!(
-            fc.api_socket(&spec()),
-            Path::new("/srv/jail/firecracker/sb-1/root/firecracker.sock")
-        );
     }
 
     #[test]
@@ -749,27 +478,21 @@ mod tests {
             config.boot_source.initrd_path.as_deref(),
             Some(Path::new("/initrd"))
         );
-        assert_eq!(config.root_drive.path_on_host, Path::new("/rootfs"));
+        // The same relative drive path as without the jailer: snapshots move between both.
+        assert_eq!(config.root_drive.path_on_host, Path::new(DRIVE_PATH));
     }
 
     #[test]
-    fn jail_cleanup_removes_only_the_vm_folder() {
-        let base = tempfile::tempdir().expect("tempdir");
-        let fc = Firecracker::new("/usr/local/bin/firecracker").with_jailer(JailerConfig {
-            chroot_base: base.path().into(),
-            ..jailer()
-        });
-        let root = base.path().join("firecracker/sb-1/root");
-        std::fs::create_dir_all(&root).expect("mkdir");
-        std::fs::write(root.join("rootfs"), b"x").expect("write");
-        fc.cleanup_files(&root.join(API_SOCKET));
-        assert!(!base.path().join("firecracker/sb-1").exists());
-        assert!(base.path().join("firecracker").exists());
-        // A socket elsewhere never removes anything.
-        let other = base.path().join("x/y");
-        std::fs::create_dir_all(&other).expect("mkdir");
-        fc.cleanup_files(&other.join(API_SOCKET));
-        assert!(other.exists());
+    fn plain_boot_config_tracks_dirty_pages_and_names_the_drive_relatively() {
+        let config = Firecracker::new("/usr/local/bin/firecracker").boot_config(&spec());
+        assert_eq!(config.root_drive.path_on_host, Path::new(DRIVE_PATH));
+        assert!(config.root_drive.path_on_host.is_relative());
+        assert_eq!(
+            config.boot_source.kernel_image_path,
+            Path::new("/img/vmlinux")
+        );
+        assert_eq!(config.machine_config.track_dirty_pages, Some(true));
+        assert_eq!(config.balloon.map(|b| b.amount_mib), Some(0));
     }
 
     #[test]
