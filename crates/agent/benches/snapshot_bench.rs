@@ -143,18 +143,36 @@ async fn one_size(agent: &Agent, memory_mb: i32, tag: &str) {
     .await;
     agent.destroy(&id).await;
 
+    // The agent's own account of where the time went (its log lines, last run of each kind).
+    let log = std::fs::read_to_string(agent.data_dir.join("agent-test.log")).unwrap_or_default();
+    for what in [
+        "sandbox paused",
+        "sandbox resumed from a snapshot",
+        "sandbox created from a template",
+    ] {
+        if let Some(line) = log.lines().rev().find(|l| l.contains(what)) {
+            println!(
+                "  agent: {}",
+                line.split_once("INFO").map_or(line, |(_, r)| r).trim()
+            );
+        }
+    }
     let cold_ms = median(cold);
     let resume_ms = median(resume.clone());
     let tpl_ms = median(from_template.clone());
+    println!("snapshot_bench {tag} ({memory_mb} MiB guest, {busy_mb} MiB dirtied by a process):");
     println!(
-        "snapshot_bench {tag} ({memory_mb} MiB guest, {busy_mb} MiB dirtied by a process):"
+        "  pause                      median {:7.0} ms",
+        median(pause)
     );
-    println!("  pause                      median {:7.0} ms", median(pause));
     println!(
         "  snapshot on disk           median {:7.1} MiB (memory file allocation + device state + header; disk excluded)",
         median(size)
     );
-    println!("  template size              {:7.1} MiB (with its disk)", made.size_bytes as f64 / 1048576.0);
+    println!(
+        "  template size              {:7.1} MiB (with its disk)",
+        made.size_bytes as f64 / 1048576.0
+    );
     println!("  resume to first exec       median {resume_ms:7.0} ms  (runs: {resume:.0?})");
     println!("  create from template       median {tpl_ms:7.0} ms  (runs: {from_template:.0?})");
     println!("  cold boot to first exec    median {cold_ms:7.0} ms");

@@ -122,7 +122,11 @@ pub struct ServeArgs {
     #[arg(long, env = "WRENN_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
     /// On shutdown, destroy sandboxes instead of pausing them for the next agent.
-    #[arg(long, env = "WRENN_DESTROY_ON_EXIT", conflicts_with = "keep_running_on_exit")]
+    #[arg(
+        long,
+        env = "WRENN_DESTROY_ON_EXIT",
+        conflicts_with = "keep_running_on_exit"
+    )]
     pub destroy_on_exit: bool,
     /// On shutdown, leave running sandboxes running for the next agent to adopt instead of
     /// pausing them (an agent upgrade on a host that stays up).

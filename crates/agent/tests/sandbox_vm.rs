@@ -385,7 +385,10 @@ async fn a_restarted_agent_finds_its_sandboxes() {
 
     // A clean stop pauses it (the host may be going down); the next agent finds it paused.
     agent.stop();
-    assert!(vms_under(&agent.data_dir).is_empty(), "a VM outlived the stop");
+    assert!(
+        vms_under(&agent.data_dir).is_empty(),
+        "a VM outlived the stop"
+    );
     assert_eq!(slot_leftovers(slot), Vec::<String>::new());
     agent.spawn();
     let listed = agent.list().await;

@@ -224,7 +224,13 @@ async fn a_paused_sandbox_resumes_exactly_where_it_was() {
     })
     .await;
     let mut pty = pty_attach(&agent, id, "keep", "/bin/bash").await;
-    pty_input(&agent, id, "keep", b"export KEPT=pty-$((40+2)); echo set-$KEPT\n").await;
+    pty_input(
+        &agent,
+        id,
+        "keep",
+        b"export KEPT=pty-$((40+2)); echo set-$KEPT\n",
+    )
+    .await;
     pty_wait_for(&mut pty, "set-pty-42").await;
     drop(pty);
     let before = counter(&agent, id).await;
@@ -232,7 +238,10 @@ async fn a_paused_sandbox_resumes_exactly_where_it_was() {
     pause(&agent, id).await.expect("pause");
     let list = agent.list().await;
     assert_eq!(status_of(&list, id).as_deref(), Some("paused"));
-    assert!(vms_under(&agent.data_dir).is_empty(), "the VM outlived the pause");
+    assert!(
+        vms_under(&agent.data_dir).is_empty(),
+        "the VM outlived the pause"
+    );
     assert_eq!(
         slot_leftovers(slot),
         Vec::<String>::new(),
@@ -267,7 +276,10 @@ async fn a_paused_sandbox_resumes_exactly_where_it_was() {
     assert!(after >= before, "counter went back: {before} -> {after}");
     tokio::time::sleep(Duration::from_millis(600)).await;
     let later = counter(&agent, id).await;
-    assert!(later > after, "counter stopped after resume: {after} -> {later}");
+    assert!(
+        later > after,
+        "counter stopped after resume: {after} -> {later}"
+    );
     // The file, the web server through the proxy, the PTY session by its tag.
     assert_eq!(
         stdout(&agent.exec(id, "cat /home/user/note").await),
@@ -309,7 +321,10 @@ async fn twenty_pause_resume_cycles_leak_nothing() {
             })
             .unwrap_or(0);
         assert_eq!(netns, 0, "cycle {cycle}: a namespace outlived the pause");
-        assert!(vms_under(&agent.data_dir).is_empty(), "cycle {cycle}: VM left");
+        assert!(
+            vms_under(&agent.data_dir).is_empty(),
+            "cycle {cycle}: VM left"
+        );
         let paused_files = files_in(&dir);
         let r = resume(&agent, id)
             .await
@@ -318,7 +333,10 @@ async fn twenty_pause_resume_cycles_leak_nothing() {
         assert!((235..=239).contains(&slot));
         assert_eq!(vms_under(&agent.data_dir).len(), 1, "cycle {cycle}: VMs");
         let now = counter(&agent, id).await;
-        assert!(now >= last, "cycle {cycle}: counter went back {last} -> {now}");
+        assert!(
+            now >= last,
+            "cycle {cycle}: counter went back {last} -> {now}"
+        );
         last = now;
         // Measured after a few cycles, once pools and caches are warm.
         let sample = (fd_count(agent_pid), rss_kib(agent_pid), paused_files);
@@ -375,7 +393,10 @@ async fn a_pause_that_fails_midway_leaves_the_sandbox_running() {
     );
     let before = counter(&agent, id).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(counter(&agent, id).await > before, "the guest stayed frozen");
+    assert!(
+        counter(&agent, id).await > before,
+        "the guest stayed frozen"
+    );
     // And the next pause works.
     pause(&agent, id).await.expect("pause after the failure");
     resume(&agent, id).await.expect("resume");
@@ -404,14 +425,19 @@ async fn a_damaged_snapshot_is_refused() {
     f.write_all(&[b[0] ^ 0x5a]).expect("flip");
     drop(f);
 
-    let err = resume(&agent, id).await.expect_err("resume of a damaged snapshot");
+    let err = resume(&agent, id)
+        .await
+        .expect_err("resume of a damaged snapshot");
     assert_eq!(err.code.as_str(), "data_loss", "{err:?}");
     assert!(err.message.contains("damaged"), "{}", err.message);
     assert_eq!(
         status_of(&agent.list().await, id).as_deref(),
         Some("paused")
     );
-    assert!(vms_under(&agent.data_dir).is_empty(), "a VM ran the garbage");
+    assert!(
+        vms_under(&agent.data_dir).is_empty(),
+        "a VM ran the garbage"
+    );
     agent.destroy(id).await;
     assert!(!sandbox_dir(&agent, id).exists());
 }
@@ -456,7 +482,10 @@ async fn a_template_serves_many_sandboxes() {
             },
         )
         .await;
-    assert_eq!(dup.expect_err("same template id").code.as_str(), "already_exists");
+    assert_eq!(
+        dup.expect_err("same template id").code.as_str(),
+        "already_exists"
+    );
 
     for child in ["cl-snap-child-a", "cl-snap-child-b"] {
         let req = pb::CreateSandboxRequest {
@@ -476,7 +505,10 @@ async fn a_template_serves_many_sandboxes() {
         );
         let c = counter(&agent, child).await;
         tokio::time::sleep(Duration::from_millis(500)).await;
-        assert!(counter(&agent, child).await > c, "{child}: counter not running");
+        assert!(
+            counter(&agent, child).await > c,
+            "{child}: counter not running"
+        );
         agent
             .exec(child, &format!("echo {child} > /home/user/who"))
             .await;
@@ -487,10 +519,14 @@ async fn a_template_serves_many_sandboxes() {
         "cl-snap-child-a"
     );
     assert_eq!(
-        stdout(&agent.exec(src, "cat /home/user/who 2>&1 || echo none").await)
-            .lines()
-            .last()
-            .unwrap_or_default(),
+        stdout(
+            &agent
+                .exec(src, "cat /home/user/who 2>&1 || echo none")
+                .await
+        )
+        .lines()
+        .last()
+        .unwrap_or_default(),
         "none"
     );
 
@@ -559,10 +595,14 @@ async fn an_idle_sandbox_is_paused_not_destroyed() {
     };
     let _: pb::CreateSandboxResponse = agent.call("CreateSandbox", &req).await.expect("create");
     agent.exec(id, "echo idle > /home/user/idle").await;
-    let list = eventually(Duration::from_secs(60), "the idle timer pauses it", || async {
-        let l = agent.list().await;
-        (status_of(&l, id).as_deref() == Some("paused")).then_some(l)
-    })
+    let list = eventually(
+        Duration::from_secs(60),
+        "the idle timer pauses it",
+        || async {
+            let l = agent.list().await;
+            (status_of(&l, id).as_deref() == Some("paused")).then_some(l)
+        },
+    )
     .await;
     assert_eq!(list.auto_paused_sandbox_ids, vec![id.to_string()]);
     assert!(list.ttl_destroyed_sandbox_ids.is_empty());

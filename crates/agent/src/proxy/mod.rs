@@ -409,6 +409,21 @@ fn upstream_error(id: &str, port: u16, e: &hyper_util::client::legacy::Error) ->
     )
 }
 
+#[async_trait::async_trait]
+impl crate::sandbox::TrafficGate for PortProxy {
+    async fn drain(&self, sandbox_id: &str, grace: Duration) -> usize {
+        PortProxy::drain(self, sandbox_id, grace).await
+    }
+
+    fn undrain(&self, sandbox_id: &str) {
+        PortProxy::undrain(self, sandbox_id);
+    }
+
+    fn evict(&self, sandbox_id: &str) {
+        PortProxy::evict(self, sandbox_id);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -438,20 +453,5 @@ mod tests {
         assert_eq!(parse_port("+80"), None);
         assert_eq!(parse_port("http"), None);
         assert_eq!(parse_port(""), None);
-    }
-}
-
-#[async_trait::async_trait]
-impl crate::sandbox::TrafficGate for PortProxy {
-    async fn drain(&self, sandbox_id: &str, grace: Duration) -> usize {
-        PortProxy::drain(self, sandbox_id, grace).await
-    }
-
-    fn undrain(&self, sandbox_id: &str) {
-        PortProxy::undrain(self, sandbox_id);
-    }
-
-    fn evict(&self, sandbox_id: &str) {
-        PortProxy::evict(self, sandbox_id);
     }
 }

@@ -22,7 +22,8 @@ use wrenn_protocol::envd::ENVD_PORT;
 pub const UNARY_TIMEOUT: Duration = Duration::from_secs(120);
 /// Each `/health` probe while waiting for boot.
 const HEALTH_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
-const HEALTH_POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// Short: a restored guest answers at once, and every poll saved is time to first exec.
+const HEALTH_POLL_INTERVAL: Duration = Duration::from_millis(20);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const RESPONSE_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 

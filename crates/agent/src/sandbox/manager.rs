@@ -23,8 +23,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-mod reaper;
 mod page_server;
+mod reaper;
 mod snapshot;
 #[cfg(test)]
 mod test_support;
@@ -171,6 +171,10 @@ pub struct SandboxManager {
     /// Paused sandboxes, by id. A sandbox is in exactly one of `boxes` and `paused`.
     paused: RwLock<HashMap<String, Arc<PausedSandbox>>>,
     traffic: RwLock<Option<Arc<dyn TrafficGate>>>,
+    /// Userfaultfd page servers of restored Firecracker sandboxes, and their VMs' pids (what a
+    /// page server that gives up kills).
+    page_servers: Mutex<HashMap<String, crate::uffd::PageServer>>,
+    page_server_vm_pids: Arc<Mutex<HashMap<String, u32>>>,
     /// Identities for the metadata server, by the slot's namespace address. Filled before the VM
     /// boots (envd asks at boot), removed on destroy.
     metadata_by_source: RwLock<HashMap<IpAddr, GuestMetadata>>,
@@ -222,6 +226,8 @@ impl SandboxManager {
             boxes: RwLock::new(HashMap::new()),
             paused: RwLock::new(HashMap::new()),
             traffic: RwLock::new(None),
+            page_servers: Mutex::new(HashMap::new()),
+            page_server_vm_pids: Arc::new(Mutex::new(HashMap::new())),
             metadata_by_source: RwLock::new(HashMap::new()),
             creating: Mutex::new(Default::default()),
             auto_paused: RecentIds::default(),
@@ -335,7 +341,10 @@ impl SandboxManager {
         }
         let snapshot_template = !req.template_id.is_empty()
             && validate_sandbox_id(&req.template_id).is_ok()
-            && self.template_dir(&req.template_id).join(TEMPLATE_MANIFEST).exists();
+            && self
+                .template_dir(&req.template_id)
+                .join(TEMPLATE_MANIFEST)
+                .exists();
         let base = req.template.is_empty()
             || matches!(req.template.as_str(), "minimal" | "base" | "minimal-ubuntu");
         if !snapshot_template && !base {
@@ -556,6 +565,7 @@ impl SandboxManager {
             tracing::error!(sandbox = %id, error = %e, "stopping the VM failed");
             first.get_or_insert(e);
         }
+        self.stop_page_server(id);
         if let Some(ip) = metadata_source {
             write(&self.metadata_by_source).remove(&ip);
         }
@@ -629,7 +639,9 @@ impl SandboxManager {
                     let _ = self.vmm.stop(&record.vm).await;
                     match self.network.destroy(record.slot).await {
                         Ok(()) => self.slots.release(record.slot),
-                        Err(e) => tracing::error!(sandbox = %name, error = %e, "removing the network failed"),
+                        Err(e) => {
+                            tracing::error!(sandbox = %name, error = %e, "removing the network failed")
+                        }
                     }
                     self.adopt_paused(record, dir);
                     report.paused.push(name);
@@ -779,7 +791,11 @@ impl SandboxManager {
             .list()
             .iter()
             .map(|sb| sb.id.clone())
-            .chain(self.list_paused().iter().map(|p| p.record.sandbox_id.clone()))
+            .chain(
+                self.list_paused()
+                    .iter()
+                    .map(|p| p.record.sandbox_id.clone()),
+            )
             .collect();
         for id in ids {
             if let Err(e) = self.destroy(&id).await {

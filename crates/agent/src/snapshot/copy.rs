@@ -26,6 +26,46 @@ const FALLBACK_BLOCK: usize = 4096;
 /// `copy_file_range`, falling back to read/write where the kernel cannot. On failure `dst` is
 /// removed.
 pub fn copy_sparse(src: &Path, dst: &Path) -> Result<(), SnapshotError> {
+    copy_sparse_with(src, dst, Durability::Synced)
+}
+
+/// Whether a copy must be on disk before it is reported done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// fsync before returning: templates and anything a crash must not lose.
+    Synced,
+    /// Leave it to writeback: a new sandbox's working copy, which is worthless after a host
+    /// crash anyway and must not make every create wait for the disk.
+    Volatile,
+}
+
+/// Copies `src` into `dst`, which must already exist with `src`'s length and hold only holes (a
+/// file just created and sized). Nothing is truncated, so a reader that mapped `dst` early (a VMM
+/// restoring from it while the copy runs) never sees it shrink. Not synced.
+pub fn copy_sparse_into_sized(src: &Path, dst: &Path) -> Result<(), SnapshotError> {
+    let from = File::open(src).map_err(io_at(src))?;
+    let len = from.metadata().map_err(io_at(src))?.len();
+    let to = OpenOptions::new()
+        .write(true)
+        .open(dst)
+        .map_err(io_at(dst))?;
+    let dst_len = to.metadata().map_err(io_at(dst))?.len();
+    if dst_len != len {
+        return Err(SnapshotError::Invalid(format!(
+            "{} is {dst_len} bytes, expected {len} like {}",
+            dst.display(),
+            src.display()
+        )));
+    }
+    copy_into(&from, src, &to, dst, len)
+}
+
+/// [`copy_sparse`] with a choice of [`Durability`].
+pub fn copy_sparse_with(
+    src: &Path,
+    dst: &Path,
+    durability: Durability,
+) -> Result<(), SnapshotError> {
     let from = File::open(src).map_err(io_at(src))?;
     let meta = from.metadata().map_err(io_at(src))?;
     let len = meta.len();
@@ -44,7 +84,10 @@ pub fn copy_sparse(src: &Path, dst: &Path) -> Result<(), SnapshotError> {
         .truncate(true)
         .open(dst)
         .map_err(io_at(dst))?;
-    let result = copy_into(&from, src, &to, dst, len);
+    let result = copy_into(&from, src, &to, dst, len).and_then(|()| match durability {
+        Durability::Synced => to.sync_all().map_err(io_at(dst)),
+        Durability::Volatile => Ok(()),
+    });
     if result.is_err() {
         drop(to);
         let _ = std::fs::remove_file(dst);
@@ -78,7 +121,7 @@ fn copy_into(
             }
         }
     }
-    to.sync_all().map_err(io_at(dst))
+    Ok(())
 }
 
 fn reflink(from: &File, to: &File) -> bool {

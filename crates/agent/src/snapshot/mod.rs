@@ -55,7 +55,7 @@ mod tests;
 
 use std::fmt;
 
-pub use copy::copy_sparse;
+pub use copy::{Durability, copy_sparse, copy_sparse_into_sized, copy_sparse_with};
 pub use error::SnapshotError;
 pub use header::{BuildFile, Checksum, Location, Mapping, MemoryHeader};
 pub use memfile::{

@@ -12,6 +12,17 @@
 //! A fault that cannot be resolved (source error after retries, or still pending after
 //! [`PageServerOptions::fault_deadline`]) is fatal: the guest would hang forever otherwise.
 //! [`PageServerOptions::on_fatal`] is called, and serving stops.
+//!
+//! Kernel answers and what they mean here: `EEXIST` (page already present: prefetch or another
+//! fault won) is success; `EAGAIN` (an event is pending, the layout is changing) is retried;
+//! `ESRCH` (the VMM's address space is gone) ends serving quietly; `ENOENT` (the target range
+//! was unmapped or moved meanwhile) skips that range only, since it also happens on a plain
+//! `munmap`/`mremap` race. A fault outside every known region is served a zero page (and
+//! counted): that is what a grown `mremap` range holds.
+//!
+//! Blocking API: [`PageServer::wait_connected`], [`PageServer::wait_prefetch`] and
+//! [`PageServer::stop`] (also run on drop, up to a few seconds if a source read is stuck) block
+//! the calling thread; call them from `spawn_blocking` in async code.
 
 mod fill;
 pub mod handshake;

@@ -12,10 +12,10 @@ use super::{
 };
 use crate::error::{AgentError, AgentResult};
 use async_trait::async_trait;
+use serde_json::json;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use serde_json::json;
 use std::time::Duration;
 
 /// Under TCG the kernel's PIT-based TSC calibration fails at random and the boot hangs in

@@ -93,6 +93,28 @@ async fn a_failed_snapshot_names_the_call_and_the_fault() {
     assert!(msg.contains("fake refuses /snapshot/create"), "{msg}");
 }
 
+/// Writing a few GiB of memory takes far longer than a configuration call may.
+#[tokio::test]
+async fn snapshot_creation_outlasts_the_configuration_timeout() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("api.sock");
+    let _fake = FakeApi::bind(
+        &socket,
+        Behaviour {
+            hang: Some("/snapshot/create"),
+            ..Default::default()
+        },
+    );
+    let driver = Firecracker::new("/x").with_api_timeout(Duration::from_millis(100));
+    let vm = handle(&socket);
+    let waited = tokio::time::timeout(
+        Duration::from_secs(1),
+        driver.save_snapshot(&vm, &target(SnapshotKind::Full)),
+    )
+    .await;
+    assert!(waited.is_err(), "gave up early: {waited:?}");
+}
+
 #[tokio::test]
 async fn restore_loads_the_snapshot_and_leaves_the_guest_paused() {
     let rig = Rig::new(FAKE_FIRECRACKER);

@@ -18,9 +18,8 @@
 //! connections and restarts the port subsystem.
 
 use super::{
-    Arc, BTreeMap, Duration, EnvdClient, GuestMetadata, IpAddr, PathBuf, PausedSandbox,
-    Sandbox, SandboxManager, SandboxRecord, SandboxStatus, init_request, lock, now_unix, read,
-    write,
+    Arc, BTreeMap, Duration, EnvdClient, GuestMetadata, IpAddr, PathBuf, PausedSandbox, Sandbox,
+    SandboxManager, SandboxRecord, SandboxStatus, init_request, lock, now_unix, read, write,
 };
 use crate::error::{AgentError, AgentResult, error_chain};
 use crate::image::GuestImage;
@@ -171,6 +170,7 @@ impl SandboxManager {
         if let Err(e) = self.vmm.stop(&record.vm).await {
             tracing::error!(sandbox = %id, error = %e, "stopping the paused VM failed");
         }
+        self.stop_page_server(id);
         if let Some(gate) = self.traffic_gate() {
             gate.evict(id);
         }
@@ -321,10 +321,8 @@ impl SandboxManager {
                 if into_template {
                     copy_sparse(&run_dir.join(MEMORY_FILE), &ram).await?;
                 }
-                blocking(move || {
-                    store::describe_raw(&ram, MEMORY_FILE).map_err(AgentError::from)
-                })
-                .await?
+                blocking(move || store::describe_raw(&ram, MEMORY_FILE).map_err(AgentError::from))
+                    .await?
             }
             MemorySnapshot::VmmWritten => {
                 let raw = out.join(RAW_MEMFILE);
@@ -435,7 +433,14 @@ impl SandboxManager {
         let dir = paused.dir.clone();
         let manifest = read_manifest(&dir.join(SNAPSHOT_MANIFEST))?;
         let sandbox = self
-            .boot_from_snapshot(record, &dir, &dir, &manifest, paused.lifecycle.clone())
+            .boot_from_snapshot(
+                record,
+                &dir,
+                &dir,
+                &manifest,
+                paused.lifecycle.clone(),
+                None,
+            )
             .await?;
         write(&self.paused).remove(id);
         Ok(sandbox)
@@ -466,14 +471,30 @@ impl SandboxManager {
         let result = async {
             // The guest writes into its RAM file and disk, so both are the sandbox's own copies;
             // the template stays read-only and serves any number of sandboxes.
-            copy_sparse(
-                &tdir.join(&manifest.disk_file),
-                &dir.join(&manifest.disk_file),
-            )
+            // The disk (the guest's writes since the base image: usually small) is copied first;
+            // the RAM file is created at its full size and filled while the network and the VMM
+            // come up, and the guest only runs once it is complete.
+            let disk = (
+                tdir.join(&manifest.disk_file),
+                dir.join(&manifest.disk_file),
+            );
+            blocking(move || {
+                store::copy_sparse_with(&disk.0, &disk.1, store::Durability::Volatile)
+                    .map_err(AgentError::from)
+            })
             .await?;
-            if manifest.vmm == VmmKind::Qemu {
-                copy_sparse(&tdir.join(MEMORY_FILE), &dir.join(MEMORY_FILE)).await?;
-            }
+            let memory_copy = if manifest.vmm == VmmKind::Qemu {
+                let (from, to) = (tdir.join(MEMORY_FILE), dir.join(MEMORY_FILE));
+                let len = std::fs::metadata(&from).map_err(io(&from))?.len();
+                std::fs::File::create(&to)
+                    .and_then(|f| f.set_len(len))
+                    .map_err(io(&to))?;
+                Some(tokio::task::spawn_blocking(move || {
+                    store::copy_sparse_into_sized(&from, &to).map_err(AgentError::from)
+                }))
+            } else {
+                None
+            };
             let mut default_env = manifest.default_env.clone();
             default_env.extend(req.default_env.clone());
             let record = SandboxRecord {
@@ -502,8 +523,15 @@ impl SandboxManager {
                 vm: placeholder_vm(),
                 state: RecordState::Paused,
             };
-            self.boot_from_snapshot(record, &dir, &tdir, &manifest, Default::default())
-                .await
+            self.boot_from_snapshot(
+                record,
+                &dir,
+                &tdir,
+                &manifest,
+                Default::default(),
+                memory_copy,
+            )
+            .await
         }
         .await;
         match result {
@@ -520,7 +548,8 @@ impl SandboxManager {
 
     /// Starts `record`'s VM from the snapshot in `snap_dir` with `run_dir` as its folder, thaws
     /// it, brings envd back and registers the sandbox as running. Before the guest runs, any
-    /// failure leaves the snapshot untouched.
+    /// failure leaves the snapshot untouched. `preparing` is work (copying the RAM file) that
+    /// must finish before the guest runs, but may overlap starting the VMM.
     async fn boot_from_snapshot(
         self: &Arc<Self>,
         mut record: SandboxRecord,
@@ -528,6 +557,7 @@ impl SandboxManager {
         snap_dir: &Path,
         manifest: &SnapshotManifest,
         lifecycle: Arc<tokio::sync::Mutex<()>>,
+        preparing: Option<tokio::task::JoinHandle<AgentResult<()>>>,
     ) -> AgentResult<Arc<Sandbox>> {
         let id = record.sandbox_id.clone();
         let started = Instant::now();
@@ -555,6 +585,7 @@ impl SandboxManager {
                 ))
             })?;
 
+        let networking = Instant::now();
         let slot = self.slots.allocate()?;
         let net = match self
             .network
@@ -573,6 +604,7 @@ impl SandboxManager {
             }
         };
         let addresses = net.addresses.clone();
+        let network_ms = networking.elapsed().as_millis() as u64;
         let source_ip = IpAddr::V4(addresses.vpeer_ip);
         let metadata = GuestMetadata {
             instance_id: id.clone(),
@@ -635,13 +667,33 @@ impl SandboxManager {
                 return Err(e);
             }
         };
+        let page_server = match page_server {
+            Some(server) => match server.connected().await {
+                Ok(server) => Some(server),
+                Err(e) => {
+                    let _ = self.vmm.stop(&vm).await;
+                    release_network(self.clone()).await;
+                    return Err(e);
+                }
+            },
+            None => None,
+        };
         let restore_ms = restored_in.elapsed().as_millis() as u64;
+        let verifying = Instant::now();
         let verified = match verify.await {
             Ok(r) => r.map_err(AgentError::from),
             Err(e) => Err(AgentError::Internal(format!("checksum task failed: {e}"))),
         };
+        let verified = match (verified, preparing) {
+            (Ok(()), Some(task)) => match task.await {
+                Ok(r) => r,
+                Err(e) => Err(AgentError::Internal(format!("copy task failed: {e}"))),
+            },
+            (other, _) => other,
+        };
+        let verify_wait_ms = verifying.elapsed().as_millis() as u64;
         if let Err(e) = verified {
-            tracing::error!(sandbox = %id, error = %e, "refusing to resume a damaged snapshot");
+            tracing::error!(sandbox = %id, error = %e, "refusing to resume: the snapshot is damaged or could not be prepared");
             let _ = self.vmm.stop(&vm).await;
             drop(page_server);
             release_network(self.clone()).await;
@@ -662,7 +714,7 @@ impl SandboxManager {
             )));
         }
         if let Some(server) = page_server {
-            self.keep_page_server(&id, server);
+            self.keep_page_server(&id, vm.pid, server);
         }
         record.slot = slot;
         record.host_ip = addresses.host_ip.to_string();
@@ -679,19 +731,20 @@ impl SandboxManager {
         );
         // Separate budgets (seed 000): a slow /health must not starve /init.
         let alive_vm = vm.clone();
+        let readying = Instant::now();
         let ready = envd
             .wait_ready(RESTORE_READY_TIMEOUT, move || alive_vm.is_alive())
             .await;
+        let ready_ms = readying.elapsed().as_millis() as u64;
+        let initing = Instant::now();
         let init = match ready {
-            Ok(_) => {
-                tokio::time::timeout(RESTORE_READY_TIMEOUT, envd.init(&init_request(&record)))
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(AgentError::Timeout(format!(
-                            "envd in sandbox {id} did not take /init within {RESTORE_READY_TIMEOUT:?}"
-                        )))
-                    })
-            }
+            Ok(_) => tokio::time::timeout(RESTORE_READY_TIMEOUT, envd.init(&init_request(&record)))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(AgentError::Timeout(format!(
+                        "envd in sandbox {id} did not take /init within {RESTORE_READY_TIMEOUT:?}"
+                    )))
+                }),
             Err(e) => Err(e),
         };
         if let Err(e) = init {
@@ -706,7 +759,11 @@ impl SandboxManager {
         tracing::info!(
             sandbox = %id,
             slot,
+            network_ms,
             restore_ms,
+            verify_wait_ms,
+            ready_ms,
+            init_ms = initing.elapsed().as_millis() as u64,
             total_ms = started.elapsed().as_millis() as u64,
             "sandbox resumed from a snapshot"
         );
@@ -784,9 +841,9 @@ impl SandboxManager {
         let dir = self.template_dir(template_id);
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(
-                AgentError::SandboxNotFound(format!("template {template_id}")),
-            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(AgentError::SandboxNotFound(
+                format!("template {template_id}"),
+            )),
             Err(e) => Err(AgentError::io(&dir, e)),
         }
     }

@@ -98,7 +98,8 @@ pub struct JailerConfig {
     pub uid: u32,
     pub gid: u32,
     /// The jailer builds `<chroot_base>/<firecracker file name>/<id>/root`. It must be on the
-    /// same filesystem as the sandbox disks, which are hard-linked into it.
+    /// same filesystem as the sandbox folders and the snapshots: disks and page server sockets
+    /// are hard-linked into it, and snapshots are renamed out of it.
     pub chroot_base: PathBuf,
 }
 
