@@ -4,6 +4,7 @@
 use crate::client::ApiClient;
 use crate::commands::{
     cp, create, destroy, exec, info, list, login, logout, logs, pause, ping, ports, resume, shell,
+    snapshot,
 };
 use crate::config::{ConfigFile, Settings, default_config_path};
 use crate::error::CliResult;
@@ -62,6 +63,8 @@ pub enum Command {
     Ping(ping::Args),
     /// Print the URL that reaches a port inside a capsule.
     Ports(ports::Args),
+    /// Snapshot capsules into templates; list and delete templates.
+    Snapshot(snapshot::Args),
     /// Show control-plane or host logs (admin only).
     Logs(logs::Args),
 }
@@ -116,6 +119,7 @@ pub async fn run(cli: Cli) -> CliResult<i32> {
         Command::Destroy(args) => destroy::run(args, &context).await,
         Command::Ping(args) => ping::run(args, &context).await,
         Command::Ports(args) => ports::run(args, &context).await,
+        Command::Snapshot(args) => snapshot::run(args, &context).await,
         Command::Logs(args) => logs::run(args, &context).await,
     }
 }

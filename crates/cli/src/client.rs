@@ -117,6 +117,24 @@ impl ApiClient {
         decode_json(self.send(builder).await?).await
     }
 
+    /// POST a JSON body with a query string and decode the JSON answer, allowing `timeout` for
+    /// the response (a snapshot may take up to 60 s).
+    pub async fn post_json_query<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        segments: &[&str],
+        query: &[(&str, &str)],
+        body: &B,
+        timeout: Duration,
+    ) -> CliResult<T> {
+        self.require_key()?;
+        let builder = self
+            .request(Method::POST, self.url(segments))
+            .query(query)
+            .json(body)
+            .timeout(timeout);
+        decode_json(self.send(builder).await?).await
+    }
+
     /// A bodyless POST (`pause`, `resume`, `ping`): `Content-Length: 0`, no content type.
     pub async fn post_empty(&self, segments: &[&str]) -> CliResult<Response> {
         self.require_key()?;

@@ -4,6 +4,7 @@ use crate::error::{CliError, CliResult};
 use serde::Serialize;
 use std::io::Write;
 use wrenn_api_types::capsule::Capsule;
+use wrenn_api_types::snapshots::{Template, TemplateType};
 
 /// Pretty JSON on stdout, for `--json`.
 pub fn print_json<T: Serialize + ?Sized>(value: &T) -> CliResult<()> {
@@ -75,6 +76,45 @@ pub fn capsule_table(capsules: &[Capsule]) -> String {
         &["ID", "STATUS", "TEMPLATE", "VCPUS", "MEM", "CREATED"],
         &rows,
     )
+}
+
+/// Bytes in the largest binary unit that keeps the number at or above 1 (`512 B`, `1.5 GiB`).
+pub fn human_size(bytes: i64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes.max(0) as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// The `wrenn snapshot list` table.
+pub fn template_table(templates: &[Template]) -> String {
+    let rows: Vec<Vec<String>> = templates
+        .iter()
+        .map(|template| {
+            let kind = match (template.kind, template.platform) {
+                (TemplateType::Base, true) => "base (platform)",
+                (TemplateType::Base, false) => "base",
+                (TemplateType::Snapshot, _) => "snapshot",
+            };
+            vec![
+                template.name.clone(),
+                kind.to_string(),
+                template.vcpus.to_string(),
+                format!("{} MiB", template.memory_mb),
+                human_size(template.size_bytes),
+                short_time(&template.created_at),
+            ]
+        })
+        .collect();
+    render_table(&["NAME", "TYPE", "VCPUS", "MEM", "SIZE", "CREATED"], &rows)
 }
 
 /// The `wrenn info` block: one `key: value` per line.
@@ -180,5 +220,13 @@ mod tests {
                 "03:04:05"
             ])
         );
+    }
+
+    #[test]
+    fn sizes_are_human() {
+        assert_eq!(human_size(0), "0 B");
+        assert_eq!(human_size(1023), "1023 B");
+        assert_eq!(human_size(1536), "1.5 KiB");
+        assert_eq!(human_size(3 * 1024 * 1024 * 1024), "3.0 GiB");
     }
 }

@@ -23,6 +23,10 @@ struct Fake {
     upload_headers: Vec<HeaderMap>,
     logs_queries: Vec<HashMap<String, String>>,
     api_key_requests: Vec<(Option<String>, serde_json::Value)>,
+    /// `POST /v1/snapshots`: the query string and the body.
+    snapshot_requests: Vec<(Option<String>, serde_json::Value)>,
+    snapshot_list_queries: Vec<HashMap<String, String>>,
+    snapshot_deletes: Vec<String>,
 }
 
 type Shared = Arc<Mutex<Fake>>;
@@ -173,6 +177,54 @@ async fn create_api_key(
         .into_response()
 }
 
+fn template(name: &str, kind: &str, platform: bool) -> serde_json::Value {
+    serde_json::json!({
+        "name": name, "type": kind, "vcpus": 1, "memory_mb": 512, "size_bytes": 1536,
+        "created_at": "2026-01-02T03:04:05Z", "platform": platform, "protected": platform,
+        "metadata": {}
+    })
+}
+
+async fn create_snapshot(
+    State(fake): State<Shared>,
+    uri: axum::http::Uri,
+    Json(body): Json<serde_json::Value>,
+) -> Response {
+    let name = body["name"]
+        .as_str()
+        .unwrap_or("template-0a1b2c3d")
+        .to_owned();
+    fake.lock()
+        .expect("lock")
+        .snapshot_requests
+        .push((uri.query().map(str::to_owned), body));
+    (
+        StatusCode::CREATED,
+        Json(template(&name, "snapshot", false)),
+    )
+        .into_response()
+}
+
+async fn list_snapshots(
+    State(fake): State<Shared>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    fake.lock().expect("lock").snapshot_list_queries.push(query);
+    Json(serde_json::json!([
+        template("minimal-ubuntu", "base", true),
+        template("golden", "snapshot", false)
+    ]))
+    .into_response()
+}
+
+async fn delete_snapshot(State(fake): State<Shared>, Path(name): Path<String>) -> Response {
+    if name != "golden" {
+        return not_found(&format!("snapshot {name}"));
+    }
+    fake.lock().expect("lock").snapshot_deletes.push(name);
+    StatusCode::NO_CONTENT.into_response()
+}
+
 fn start_server() -> (TestServer, Shared) {
     let fake = Shared::default();
     let router = Router::new()
@@ -184,6 +236,11 @@ fn start_server() -> (TestServer, Shared) {
         .route("/v1/admin/logs", get(logs))
         .route("/v1/auth/login", post(login))
         .route("/v1/api-keys", post(create_api_key))
+        .route("/v1/snapshots", post(create_snapshot).get(list_snapshots))
+        .route(
+            "/v1/snapshots/{name}",
+            axum::routing::delete(delete_snapshot),
+        )
         .layer(DefaultBodyLimit::disable())
         .with_state(Arc::clone(&fake));
     (TestServer::start(router), fake)
@@ -466,4 +523,90 @@ fn login_with_email_stores_a_new_key_that_later_commands_use() {
         .expect("run logout");
     assert_eq!(output.status.code(), Some(0));
     assert!(!config_file.exists());
+}
+
+#[test]
+fn snapshot_create_list_and_delete() {
+    let (server, fake) = start_server();
+    let output = run(&server, &["snapshot", "create", "cl-new"]);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "stderr {}",
+        text(&output.stderr)
+    );
+    assert_eq!(text(&output.stdout), "template-0a1b2c3d\n");
+    let output = run(
+        &server,
+        &[
+            "snapshot",
+            "create",
+            "cl-new",
+            "--name",
+            "golden",
+            "--overwrite",
+        ],
+    );
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "stderr {}",
+        text(&output.stderr)
+    );
+    assert_eq!(text(&output.stdout), "golden\n");
+    {
+        let fake = fake.lock().expect("lock");
+        assert_eq!(
+            fake.snapshot_requests,
+            vec![
+                (None, serde_json::json!({"sandbox_id": "cl-new"})),
+                (
+                    Some("overwrite=true".to_owned()),
+                    serde_json::json!({"sandbox_id": "cl-new", "name": "golden"})
+                ),
+            ]
+        );
+    }
+
+    let output = run(&server, &["snapshot", "list", "--type", "snapshot"]);
+    let stdout = text(&output.stdout);
+    let rows: Vec<Vec<&str>> = stdout
+        .lines()
+        .map(|line| line.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows[0], ["NAME", "TYPE", "VCPUS", "MEM", "SIZE", "CREATED"]);
+    assert_eq!(rows[1][..3], ["minimal-ubuntu", "base", "(platform)"]);
+    assert_eq!(rows[2][..5], ["golden", "snapshot", "1", "512", "MiB"]);
+    assert_eq!(rows[2][5..7], ["1.5", "KiB"]);
+    let output = run(&server, &["snapshot", "list"]);
+    assert_eq!(output.status.code(), Some(0));
+    assert_eq!(
+        fake.lock().expect("lock").snapshot_list_queries,
+        vec![
+            HashMap::from([("type".to_owned(), "snapshot".to_owned())]),
+            HashMap::new()
+        ]
+    );
+    let output = run(&server, &["snapshot", "list", "--type", "image"]);
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "clap refuses an unknown type"
+    );
+
+    let output = run(&server, &["snapshot", "delete", "golden"]);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "stderr {}",
+        text(&output.stderr)
+    );
+    assert_eq!(text(&output.stdout), "golden\n");
+    let output = run(&server, &["snapshot", "delete", "nope"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        text(&output.stderr),
+        "error: snapshot nope not found (not_found)\n"
+    );
+    assert_eq!(fake.lock().expect("lock").snapshot_deletes, vec!["golden"]);
 }

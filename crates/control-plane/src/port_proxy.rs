@@ -5,9 +5,10 @@
 //! separate from the RPC clients, so user traffic never queues behind control calls (or the
 //! other way round); it is mTLS to the agent like the RPCs. WebSocket and other upgrades pass
 //! through; redirects that point under the agent's prefix are rewritten; bodies stream both
-//! ways unbuffered. Unknown capsule → 404, not running → 409, no host → 503; a port nothing
-//! listens on yet answers 502 from the agent (a 5xx, so clients such as the SDK's code runner
-//! keep retrying). The proxy is unauthenticated, as upstream: capsule ids are unguessable.
+//! ways unbuffered. Unknown capsule → 404; a paused capsule is woken (resumed) first; one that
+//! cannot run → 409; no host → 503; a port nothing listens on yet answers 502 from the agent (a
+//! 5xx, so clients such as the SDK's code runner keep retrying). The proxy is unauthenticated,
+//! as upstream: capsule ids are unguessable.
 
 use crate::agents::AgentTransport;
 use crate::error::{ApiError, error_response};
@@ -27,6 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+use wrenn_api_types::events::{Actor, ActorType};
 use wrenn_http::proxy::{
     forward_request_headers, location_without_prefix, relay_upgraded, requested_upgrade,
     rewrite_locations, strip_hop_by_hop,
@@ -211,9 +213,16 @@ impl PortProxy {
     }
 
     async fn forward(&self, to: ProxyHost, mut req: Request) -> Result<Response, ApiError> {
-        let target = self.target(&to.capsule_id).await?;
+        let mut target = self.target(&to.capsule_id).await?;
         match target.status.as_str() {
             "running" => {}
+            "paused" | "pausing" | "resuming" | "snapshotting" => {
+                // Traffic wakes a paused capsule, as any API call that needs it running does.
+                let row = crate::service::capsules::load(&self.app, target.capsule).await?;
+                crate::service::lifecycle::wake(&self.app, row, &proxy_actor()).await?;
+                self.forget(&to.capsule_id);
+                target = self.target(&to.capsule_id).await?;
+            }
             other => {
                 return Err(ApiError::invalid_state(format!(
                     "capsule {} is not running (status: {other})",
@@ -295,6 +304,15 @@ impl PortProxy {
             parts,
             Body::new(body.map_err(axum::Error::new)),
         ))
+    }
+}
+
+/// Who wakes a capsule when its proxy URL gets traffic (the proxy is unauthenticated).
+fn proxy_actor() -> Actor {
+    Actor {
+        kind: ActorType::System,
+        id: String::new(),
+        name: "port-proxy".into(),
     }
 }
 

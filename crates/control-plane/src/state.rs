@@ -21,6 +21,10 @@ pub struct Settings {
     pub heartbeat_timeout: Duration,
     /// Positive capsule inactivity timeouts below this are raised to it (60 s; tests lower it).
     pub min_capsule_timeout_sec: i32,
+    /// Pause, resume and create answer within this (the SDK's HTTP timeout is 30 s); a VM still
+    /// being paused or resumed then is reported `pausing`/`resuming` and finishes in the
+    /// background. Tests shorten it.
+    pub answer_within: Duration,
 }
 
 impl Default for Settings {
@@ -32,6 +36,7 @@ impl Default for Settings {
             host_monitor_period: Duration::from_secs(15),
             heartbeat_timeout: Duration::from_secs(90),
             min_capsule_timeout_sec: 60,
+            answer_within: Duration::from_secs(20),
         }
     }
 }

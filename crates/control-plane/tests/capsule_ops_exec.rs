@@ -619,8 +619,9 @@ async fn scope_and_state(c: &Ctx<'_>) {
         "{err}"
     );
 
-    // A capsule that is not running: 409 invalid_state; error frames on sockets.
-    set_status(&c.p.cp, &c.id, "paused").await;
+    // A capsule that cannot run (a paused one would be woken): 409 invalid_state; error frames
+    // on sockets.
+    set_status(&c.p.cp, &c.id, "error").await;
     let (status, body) = c.exec(json!({"cmd": "/bin/true"})).await;
     assert_eq!(
         (status, error_code(&body)),

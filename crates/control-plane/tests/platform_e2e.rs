@@ -1,6 +1,6 @@
 //! End to end through the real platform: control plane + PostgreSQL + a registered host agent
 //! booting QEMU guests. Capsule lifecycle, tenant isolation, the port proxy, and an agent that
-//! crashes and comes back.
+//! crashes and comes back. (Pause, inactivity and snapshots: `snapshots_e2e.rs`.)
 
 mod support;
 
@@ -173,58 +173,4 @@ async fn capsule_lifecycle_isolation_proxy_and_agent_crash(db: sqlx::PgPool) {
         .await
         .expect("json");
     assert_eq!(agent_list, json!([]));
-}
-
-/// An idle capsule with an inactivity timeout is taken down by its host and the control plane
-/// learns why: the capsule ends `stopped` (pausing arrives with snapshots) with a
-/// `capsule.destroy` event from the system, reason `ttl_expired`. Activity keeps it alive.
-#[sqlx::test(migrator = "wrenn_control_plane::db::MIGRATOR")]
-async fn an_idle_capsule_expires_and_activity_keeps_it(db: sqlx::PgPool) {
-    require_vm!();
-    let p = Platform::start(db).await;
-    let alice = p.cp.tenant("alice").await;
-    let http = p.cp.http.clone();
-    let resp = http
-        .post(p.cp.url("/v1/capsules"))
-        .header("X-API-Key", &alice.api_key)
-        .json(&json!({"timeout_sec": 6}))
-        .send()
-        .await
-        .expect("create");
-    let body: Value = resp.json().await.expect("json");
-    assert_eq!(body["timeout_sec"], 6, "{body}");
-    let id = body["id"].as_str().expect("id").to_string();
-    p.wait_capsule_status(&alice, &id, "running").await;
-    // Activity for twice the timeout: file operations count, not only exec.
-    for _ in 0..6 {
-        let resp = http
-            .post(p.cp.url(&format!("/v1/capsules/{id}/files/list")))
-            .header("X-API-Key", &alice.api_key)
-            .json(&json!({"path": "/", "depth": 1}))
-            .send()
-            .await
-            .expect("list");
-        assert_eq!(resp.status(), 200);
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    }
-    assert_eq!(p.capsule(&alice, &id).await["status"], "running");
-    // Then idle: it expires.
-    p.wait_capsule_status(&alice, &id, "stopped").await;
-    let uuid = wrenn_control_plane::ids::decode(wrenn_control_plane::ids::IdKind::Capsule, &id)
-        .expect("id");
-    let reasons: Vec<Value> = sqlx::query_scalar(
-        "SELECT payload FROM events WHERE team_id = $1 AND payload->>'event' = 'capsule.destroy'",
-    )
-    .bind(alice.team_id)
-    .fetch_all(&p.cp.app.db)
-    .await
-    .expect("events");
-    assert!(
-        reasons
-            .iter()
-            .any(|e| e["metadata"]["reason"] == "ttl_expired"
-                && e["actor"]["type"] == "system"
-                && e["resource"]["id"] == id.as_str()),
-        "{reasons:?} for {uuid}"
-    );
 }

@@ -1,6 +1,7 @@
 //! The unmodified official Python SDK (`wrenn` 0.3.0) against the whole platform: a real
-//! capsule driven through exec, streams, files, the PTY and the port proxy (see
-//! tests/sdk/capsule_e2e.py). This is the client contract, checked by the client itself.
+//! capsule driven through exec, streams, files, the PTY, the port proxy, pause/resume and
+//! snapshots (see tests/sdk/capsule_e2e.py). This is the client contract, checked by the client
+//! itself.
 
 mod support;
 

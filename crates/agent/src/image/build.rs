@@ -655,7 +655,8 @@ pub fn current_version(images_dir: &Path) -> Option<String> {
 }
 
 /// Deletes all but the `keep` newest base images (by manifest time), never the one `current`
-/// points at. Variants (`<version>-fc`) go with their base. Returns the deleted folder names.
+/// points at nor one a sandbox, snapshot or template still pins (see [`GuestImage::pin`]).
+/// Variants (`<version>-fc`) go with their base. Returns the deleted folder names.
 pub fn prune_images(images_dir: &Path, keep: usize) -> AgentResult<Vec<String>> {
     let current = current_version(images_dir);
     let protected_base = current
@@ -689,7 +690,11 @@ pub fn prune_images(images_dir: &Path, keep: usize) -> AgentResult<Vec<String>> 
     let mut removed = Vec::new();
     let mut kept_bases = Vec::new();
     for (i, (_, name)) in bases.into_iter().enumerate() {
-        if i < keep || Some(&name) == protected_base.as_ref() {
+        let pinned = super::is_pinned(&images_dir.join(&name))
+            || variants.iter().any(|v| {
+                v.starts_with(&format!("{name}-")) && super::is_pinned(&images_dir.join(v))
+            });
+        if i < keep || Some(&name) == protected_base.as_ref() || pinned {
             kept_bases.push(name);
         } else {
             removed.push(name);
@@ -1000,6 +1005,18 @@ mod tests {
         fake_image(images, "000000000000000e-fc");
         std::fs::create_dir_all(images.join("000000000000000f.tmp-1")).unwrap();
         set_current(images, "000000000000000a").unwrap();
+        // A paused sandbox still needs the oldest non-current image.
+        std::fs::create_dir_all(images.join("000000000000000b").join(crate::image::PINS)).unwrap();
+        std::fs::write(
+            images
+                .join("000000000000000b")
+                .join(crate::image::PINS)
+                .join("sandbox.cl-1"),
+            b"",
+        )
+        .unwrap();
+        assert_eq!(prune_images(images, 3).unwrap(), Vec::<String>::new());
+        crate::image::unpin(images, "sandbox.cl-1");
         let mut removed = prune_images(images, 3).unwrap();
         removed.sort();
         assert_eq!(removed, ["000000000000000b"]);

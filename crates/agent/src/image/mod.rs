@@ -99,6 +99,15 @@ impl GuestImage {
         self.dir.join(&self.manifest.kernel)
     }
 
+    /// Marks this image as needed by `holder` (a sandbox's disk and kernel, a snapshot or a
+    /// template that must restore with it), so pruning old images never removes it.
+    pub fn pin(&self, holder: &str) -> AgentResult<()> {
+        let dir = self.dir.join(PINS);
+        std::fs::create_dir_all(&dir).map_err(|e| AgentError::io(&dir, e))?;
+        let pin = dir.join(holder);
+        std::fs::write(&pin, b"").map_err(|e| AgentError::io(&pin, e))
+    }
+
     pub fn initrd(&self) -> Option<PathBuf> {
         self.manifest.initrd.as_ref().map(|f| self.dir.join(f))
     }
@@ -106,4 +115,22 @@ impl GuestImage {
     pub fn rootfs(&self) -> PathBuf {
         self.dir.join(&self.manifest.rootfs)
     }
+}
+
+/// Folder of an image version holding one empty file per holder that still needs it.
+pub const PINS: &str = "pins";
+
+/// Removes `holder`'s pin from every image version (it is gone, or moved on).
+pub fn unpin(images_dir: &Path, holder: &str) {
+    let Ok(entries) = std::fs::read_dir(images_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let _ = std::fs::remove_file(entry.path().join(PINS).join(holder));
+    }
+}
+
+/// Whether anything still pins the image in `dir`.
+pub fn is_pinned(dir: &Path) -> bool {
+    std::fs::read_dir(dir.join(PINS)).is_ok_and(|mut d| d.next().is_some())
 }

@@ -393,6 +393,7 @@ impl SandboxManager {
         }
         std::fs::create_dir_all(&dir).map_err(|e| AgentError::io(&dir, e))?;
         let mut undo = Undo::new(self.clone(), id.clone(), dir.clone());
+        image.pin(&sandbox_pin(&id))?;
 
         let disk_format = self.vmm.disk_format();
         let disk_path = dir.join(match disk_format {
@@ -585,6 +586,7 @@ impl SandboxManager {
         {
             first.get_or_insert(AgentError::io(dir, e));
         }
+        crate::image::unpin(self.cfg.layout.images(), &sandbox_pin(id));
         let snap = self.cfg.layout.snapshots().join(id);
         if let Err(e) = std::fs::remove_dir_all(&snap)
             && e.kind() != std::io::ErrorKind::NotFound
@@ -808,6 +810,11 @@ impl SandboxManager {
     pub fn shutdown(&self) {
         self.shutdown.cancel();
     }
+}
+
+/// The name of a sandbox's pin on its guest image.
+pub(crate) fn sandbox_pin(id: &str) -> String {
+    format!("sandbox.{id}")
 }
 
 /// The `/init` a fresh or adopted sandbox gets: its defaults and the current time.

@@ -15,6 +15,7 @@ pub mod ping;
 pub mod ports;
 pub mod resume;
 pub mod shell;
+pub mod snapshot;
 
 use crate::cli::Context;
 use crate::error::CliResult;

@@ -20,9 +20,13 @@ pub fn routes() -> Router<AppState> {
         .route("/capsules/{id}/resume", post(resume))
 }
 
+/// Creates a capsule from a base template or a snapshot. A snapshot fixes vCPUs, memory and disk
+/// (a different explicit value is a 400) and runs on the host that holds it (503 when that host
+/// is not online).
 #[utoipa::path(post, path = "/v1/capsules", tag = "capsules", request_body = CreateCapsuleRequest,
-    responses((status = 201, body = Capsule), (status = 404, description = "unknown template"),
-              (status = 503, description = "no host has room")),
+    responses((status = 201, body = Capsule), (status = 400, description = "invalid sizes"),
+              (status = 404, description = "unknown template"),
+              (status = 503, description = "no host has room, or the snapshot's host is offline")),
     security(("api_key" = []), ("bearer" = [])))]
 pub async fn create(
     State(app): State<AppState>,
@@ -75,8 +79,11 @@ pub async fn ping(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Pauses a running capsule (memory and disk to the host's disk). Answers with `paused`, or with
+/// `pausing` when the host takes longer than 20 s (poll until `paused`). Metrics are kept.
 #[utoipa::path(post, path = "/v1/capsules/{id}/pause", tag = "capsules",
-    responses((status = 200, body = Capsule), (status = 409, description = "not running")),
+    responses((status = 200, body = Capsule), (status = 409, description = "not running"),
+              (status = 502, description = "the host could not pause it; it keeps running")),
     security(("api_key" = []), ("bearer" = [])))]
 pub async fn pause(
     State(app): State<AppState>,
@@ -86,8 +93,13 @@ pub async fn pause(
     Ok(Json(capsules::pause(&app, &auth, &id).await?))
 }
 
+/// Resumes a paused capsule (it waits for a pause in progress first). Answers with `running`, or
+/// `resuming` when the host takes longer than 20 s. Exec, files, terminals and port-proxy
+/// traffic also resume a paused capsule by themselves. A damaged snapshot answers 502 and leaves
+/// the capsule in `error`: destroy it.
 #[utoipa::path(post, path = "/v1/capsules/{id}/resume", tag = "capsules",
-    responses((status = 200, body = Capsule), (status = 409, description = "not paused")),
+    responses((status = 200, body = Capsule), (status = 409, description = "not paused"),
+              (status = 502, description = "the host could not resume it")),
     security(("api_key" = []), ("bearer" = [])))]
 pub async fn resume(
     State(app): State<AppState>,

@@ -56,6 +56,7 @@ use wrenn_api_types::{API_KEY_HEADER, HOST_TOKEN_HEADER};
         files::remove,
         pty::pty,
         // Snapshots and events.
+        snapshots::create,
         snapshots::list,
         snapshots::remove,
         events::stream,

@@ -1,10 +1,10 @@
-//! Snapshot routes: list the templates a team can boot from, delete the team's own.
-//! `POST /v1/snapshots` (create, which pauses the capsule) is added by the lifecycle code.
+//! Snapshot routes: snapshot a capsule into a template, list the templates a team can boot
+//! from, delete the team's own.
 
-use crate::api::extract::{ApiPath, ApiQuery};
+use crate::api::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::auth::AuthContext;
 use crate::error::ApiResult;
-use crate::service::snapshots;
+use crate::service::{snapshot_create, snapshots};
 use crate::state::AppState;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -12,12 +12,51 @@ use axum::routing::{delete, get};
 use axum::{Json, Router};
 use serde::Deserialize;
 use wrenn_api_types::ErrorBody;
-use wrenn_api_types::snapshots::Template;
+use wrenn_api_types::snapshots::{CreateSnapshotRequest, Template};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/snapshots", get(list))
+        .route("/snapshots", get(list).post(create))
         .route("/snapshots/{name}", delete(remove))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct CreateQuery {
+    /// Replace the team's template of the same name.
+    #[serde(default)]
+    pub overwrite: bool,
+}
+
+/// Snapshots a running or paused capsule (memory and disk) into a template of type `snapshot`.
+/// The capsule is `snapshotting` meanwhile and then back in its previous state. Capsules created
+/// from the template start with its files and running processes, on the host that holds it.
+#[utoipa::path(
+    post,
+    path = "/v1/snapshots",
+    tag = "snapshots",
+    params(CreateQuery),
+    request_body = CreateSnapshotRequest,
+    responses(
+        (status = 201, body = Template),
+        (status = 400, description = "Invalid name", body = ErrorBody),
+        (status = 403, description = "Would replace a protected template", body = ErrorBody),
+        (status = 404, description = "No such capsule", body = ErrorBody),
+        (status = 409, description = "Name taken (`conflict`), or the capsule is neither running nor paused (`invalid_state`)", body = ErrorBody),
+        (status = 502, description = "The host failed to snapshot", body = ErrorBody),
+    ),
+    security(("api_key" = []), ("bearer" = []))
+)]
+pub async fn create(
+    State(app): State<AppState>,
+    auth: AuthContext,
+    ApiQuery(q): ApiQuery<CreateQuery>,
+    ApiJson(req): ApiJson<CreateSnapshotRequest>,
+) -> ApiResult<(StatusCode, Json<Template>)> {
+    Ok((
+        StatusCode::CREATED,
+        Json(snapshot_create::create(&app, &auth, req, q.overwrite).await?),
+    ))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

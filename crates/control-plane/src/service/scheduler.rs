@@ -11,6 +11,7 @@
 //! concurrent creates (even on different control-plane instances) cannot both take the last room.
 
 use crate::error::{ApiError, ApiResult};
+use crate::ids::{self, IdKind};
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
@@ -96,12 +97,13 @@ pub fn pick(hosts: &[HostLoad], req: Request) -> Option<&HostLoad> {
 
 const SCHEDULER_LOCK: i64 = 0x5752_454e_4e53_4348; // "WRENNSCH"
 
-/// Within `tx`: locks the scheduler, loads eligible online hosts with their load, and picks one.
-pub async fn select_host(
+/// Within `tx`: locks the scheduler (held until the transaction ends, so the capsule's insert
+/// is covered) and loads the online hosts `team_id` may use, with their load. Also says whether
+/// the team is BYOC.
+async fn eligible_hosts(
     tx: &mut Transaction<'_, Postgres>,
     team_id: Uuid,
-    req: Request,
-) -> ApiResult<HostLoad> {
+) -> ApiResult<(bool, Vec<HostLoad>)> {
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
         .bind(SCHEDULER_LOCK)
         .execute(&mut **tx)
@@ -128,6 +130,23 @@ pub async fn select_host(
     .bind(team_id)
     .fetch_all(&mut **tx)
     .await?;
+    Ok((byoc, hosts))
+}
+
+fn no_room(req: Request, on: &str) -> ApiError {
+    ApiError::host_unavailable(format!(
+        "{on} has room for {} MiB of memory and {} MiB of disk",
+        req.memory_mb, req.disk_mb
+    ))
+}
+
+/// Within `tx`: locks the scheduler, loads eligible online hosts with their load, and picks one.
+pub async fn select_host(
+    tx: &mut Transaction<'_, Postgres>,
+    team_id: Uuid,
+    req: Request,
+) -> ApiResult<HostLoad> {
+    let (byoc, hosts) = eligible_hosts(tx, team_id).await?;
     if hosts.is_empty() {
         return Err(ApiError::host_unavailable(if byoc {
             "no online BYOC hosts are available for this team"
@@ -135,12 +154,36 @@ pub async fn select_host(
             "no online hosts are available; start a host agent and register it"
         }));
     }
-    pick(&hosts, req).cloned().ok_or_else(|| {
+    pick(&hosts, req)
+        .cloned()
+        .ok_or_else(|| no_room(req, "no host"))
+}
+
+/// Within `tx`, like [`select_host`] but for a capsule from a snapshot: only `host_id`, the host
+/// holding the snapshot's files, will do. It must be online, usable by the team, and have room.
+pub async fn select_snapshot_host(
+    tx: &mut Transaction<'_, Postgres>,
+    team_id: Uuid,
+    req: Request,
+    host_id: Uuid,
+    snapshot: &str,
+) -> ApiResult<HostLoad> {
+    let (_, hosts) = eligible_hosts(tx, team_id).await?;
+    let host_name = ids::encode(IdKind::Host, host_id);
+    let host = hosts.into_iter().find(|h| h.id == host_id).ok_or_else(|| {
         ApiError::host_unavailable(format!(
-            "no host has room for {} MiB of memory and {} MiB of disk",
-            req.memory_mb, req.disk_mb
+            "snapshot {snapshot:?} lives on host {host_name}, which is not online (or not \
+             available to this team); start it from there once the host is back"
         ))
-    })
+    })?;
+    if host.headroom().admits(req) {
+        Ok(host)
+    } else {
+        Err(no_room(
+            req,
+            &format!("host {host_name}, where snapshot {snapshot:?} lives, no longer"),
+        ))
+    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! Templates as the snapshots routes show them: the team's own (snapshots of its capsules and
-//! images it built) and the platform's (visible to every team, never deletable by one).
+//! images it built) and the platform's (visible to every team, never deletable by one). Creating
+//! a snapshot is in [`snapshot_create`](crate::service::snapshot_create).
 
-use crate::audit::{self, AuditEntry};
+use crate::audit::{self, AuditEntry, AuditStatus};
 use crate::auth::AuthContext;
 use crate::error::{ApiError, ApiResult};
 use crate::events;
@@ -11,7 +12,7 @@ use serde_json::Value;
 use sqlx::types::Json;
 use uuid::Uuid;
 use wrenn_api_types::Metadata;
-use wrenn_api_types::events::{Event, EventKind, Outcome, Resource};
+use wrenn_api_types::events::{Actor, Event, EventKind, Outcome, Resource};
 use wrenn_api_types::snapshots::{Template, TemplateType};
 use wrenn_protocol::connect::Code;
 use wrenn_protocol::hostagent as pb;
@@ -148,36 +149,70 @@ pub async fn delete(app: &App, auth: &AuthContext, name: &str) -> ApiResult<()> 
         // A concurrent delete got there first.
         return Err(ApiError::not_found(format!("snapshot {name} not found")));
     }
-    audit::record(
-        &app.db,
-        AuditEntry::new(
-            auth.team_id,
-            auth.actor(),
-            "snapshot",
-            Some(name.to_string()),
-            "delete",
-        ),
+    snapshot_event(
+        app,
+        auth.team_id,
+        &auth.actor(),
+        EventKind::SnapshotDelete,
+        name,
+        "",
+        Outcome::Success,
+        None,
     )
     .await;
+    Ok(())
+}
+
+/// A `template.snapshot.*` event and its audit row.
+#[allow(clippy::too_many_arguments)]
+pub async fn snapshot_event(
+    app: &App,
+    team_id: Uuid,
+    actor: &Actor,
+    kind: EventKind,
+    name: &str,
+    capsule_id: &str,
+    outcome: Outcome,
+    error: Option<String>,
+) {
+    let action = match kind {
+        EventKind::SnapshotDelete => "delete",
+        _ => "create",
+    };
+    let mut metadata = Metadata::new();
+    if !capsule_id.is_empty() {
+        metadata.insert("sandbox_id".into(), capsule_id.to_string());
+    }
+    let mut entry = AuditEntry::new(
+        team_id,
+        actor.clone(),
+        "snapshot",
+        Some(name.to_string()),
+        action,
+    )
+    .metadata(serde_json::to_value(&metadata).unwrap_or_default());
+    if outcome == Outcome::Error {
+        entry = entry.status(AuditStatus::Error);
+    }
+    audit::record(&app.db, entry).await;
     events::publish(
         &app.db,
-        auth.team_id,
+        team_id,
         &Event {
-            event: EventKind::SnapshotDelete,
-            outcome: Some(Outcome::Success),
+            event: kind,
+            outcome: Some(outcome),
             resource: Some(Resource {
                 id: name.to_string(),
                 kind: "template".into(),
             }),
-            actor: Some(auth.actor()),
-            metadata: Metadata::new(),
-            error: None,
+            actor: Some(actor.clone()),
+            metadata,
+            error,
             sandbox: None,
             timestamp: Utc::now(),
         },
     )
     .await;
-    Ok(())
 }
 
 #[derive(sqlx::FromRow)]

@@ -3,18 +3,27 @@
 //! Every period (15 s by default):
 //! - *Passive*: an online host silent for longer than the heartbeat timeout becomes
 //!   `unreachable`, and its live capsules `missing` (`host.down`, `capsule.state.changed`).
-//! - *Active*: every online host is asked for its sandboxes. A `missing` capsule that is alive
-//!   again is `running`. A running capsule that is gone is `paused` if the host auto-paused it for
-//!   inactivity, `stopped` if the host destroyed it for inactivity (`ttl_expired`) or lost it
-//!   (`host_failure`). A sandbox the host runs that no live capsule owns is destroyed
-//!   (`orphaned`).
+//! - *Active*: every online host is asked for its sandboxes, running and paused.
+//!   - Listed `paused` while the row says running (or missing): `paused` (`capsule.pause` by the
+//!     system, reason `ttl_expired` when the idle timer did it, else `host_paused`: the agent
+//!     paused it because it shut down or lost the control plane).
+//!   - Listed `running` while the row says missing or paused: `running`.
+//!   - Not listed while the row says running or missing: `paused` if the host reports it
+//!     auto-paused, else `stopped` (`ttl_expired` if the idle timer destroyed it, else
+//!     `host_failure`). A paused row that is not listed is left alone.
+//!   - A row stuck in `pausing`/`resuming`/`snapshotting` long after any agent call could still
+//!     be running (a control plane that died mid-call) takes the state the host reports.
+//!   - A sandbox no capsule row owns (in any state but `stopped`) is destroyed (`orphaned`).
+//!
+//! The rows are read *before* the host is asked, and every change is conditional on the status
+//! read: a pause or resume that lands in between makes the change a no-op instead of undoing it.
 
 use crate::agents::AgentClient;
 use crate::service::capsules::{self, COLUMNS, CapsuleRow, transition};
 use crate::service::hosts::{self, HOST_COLUMNS, HostRow};
 use crate::state::AppState;
 use chrono::Utc;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use wrenn_api_types::Metadata;
@@ -27,6 +36,9 @@ const LIST_TIMEOUT: Duration = Duration::from_secs(10);
 /// A capsule still `starting` after this long has lost its create task (a restarted control
 /// plane): it is marked `error`.
 const STARTING_GRACE: Duration = Duration::from_secs(600);
+/// A capsule still `pausing`, `resuming` or `snapshotting` after this long has lost the task
+/// that was settling it (every agent call involved times out well before).
+const TRANSITION_GRACE: Duration = Duration::from_secs(600);
 
 pub fn spawn(app: AppState, stop: CancellationToken) {
     let period = app.settings.host_monitor_period;
@@ -49,6 +61,7 @@ pub async fn tick(app: &AppState) -> crate::ApiResult<()> {
         .await?;
     for host in online {
         let client = app.agents.client_for(host.id, &host.address);
+        let rows = host_rows(app, &host).await?;
         match tokio::time::timeout(
             LIST_TIMEOUT,
             client.call::<_, pb::ListSandboxesResponse>(
@@ -58,7 +71,7 @@ pub async fn tick(app: &AppState) -> crate::ApiResult<()> {
         )
         .await
         {
-            Ok(Ok(list)) => reconcile(app, &host, &client, list).await?,
+            Ok(Ok(list)) => reconcile(app, &host, &client, rows, list).await?,
             Ok(Err(e)) => {
                 tracing::debug!(host = %host.public_id(), error = %e, "could not list sandboxes; trying next round")
             }
@@ -68,6 +81,15 @@ pub async fn tick(app: &AppState) -> crate::ApiResult<()> {
         }
     }
     Ok(())
+}
+
+/// The capsules a host owns: every row placed there that is not `stopped`.
+async fn host_rows(app: &AppState, host: &HostRow) -> crate::ApiResult<Vec<CapsuleRow>> {
+    let sql = format!("SELECT {COLUMNS} FROM sandboxes WHERE host_id = $1 AND status <> 'stopped'");
+    Ok(sqlx::query_as::<_, CapsuleRow>(sqlx::AssertSqlSafe(sql))
+        .bind(host.id)
+        .fetch_all(&app.db)
+        .await?)
 }
 
 fn state_changed_metadata(from: &str, to: CapsuleStatus, reason: &str) -> Metadata {
@@ -121,16 +143,65 @@ async fn mark_silent_hosts(app: &AppState) -> crate::ApiResult<()> {
     Ok(())
 }
 
+/// Moves `row` from the status it was read with to `to` and raises `kind` from the system (with
+/// `outcome` for action events); nothing if the row changed meanwhile.
+async fn system_change(
+    app: &AppState,
+    row: &CapsuleRow,
+    to: CapsuleStatus,
+    kind: EventKind,
+    metadata: Metadata,
+) -> crate::ApiResult<()> {
+    let Some(changed) = transition(app, row.id, &[row.status.as_str()], to).await? else {
+        return Ok(());
+    };
+    tracing::info!(capsule = %row.public_id(), from = %row.status, to = %to, "capsule state reconciled with its host");
+    let outcome = (kind != EventKind::CapsuleStateChanged).then_some(Outcome::Success);
+    capsules::capsule_event(
+        app,
+        &changed,
+        kind,
+        &Actor::system(),
+        outcome,
+        metadata,
+        None,
+    )
+    .await;
+    Ok(())
+}
+
+fn reason(reason: &str) -> Metadata {
+    let mut m = Metadata::new();
+    m.insert("reason".into(), reason.into());
+    m
+}
+
+/// What the host says about one sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Listed {
+    Running,
+    Paused,
+    Absent,
+}
+
 async fn reconcile(
     app: &AppState,
     host: &HostRow,
     client: &AgentClient,
+    rows: Vec<CapsuleRow>,
     list: pb::ListSandboxesResponse,
 ) -> crate::ApiResult<()> {
-    let alive: HashSet<&str> = list
+    let listed: HashMap<&str, Listed> = list
         .sandboxes
         .iter()
-        .map(|s| s.sandbox_id.as_str())
+        .map(|s| {
+            let state = if s.status == "paused" {
+                Listed::Paused
+            } else {
+                Listed::Running
+            };
+            (s.sandbox_id.as_str(), state)
+        })
         .collect();
     let auto_paused: HashSet<&str> = list
         .auto_paused_sandbox_ids
@@ -142,86 +213,99 @@ async fn reconcile(
         .iter()
         .map(String::as_str)
         .collect();
-    let sql = format!(
-        "SELECT {COLUMNS} FROM sandboxes WHERE host_id = $1 AND status NOT IN ('stopped', 'error')"
-    );
-    let rows = sqlx::query_as::<_, CapsuleRow>(sqlx::AssertSqlSafe(sql))
-        .bind(host.id)
-        .fetch_all(&app.db)
-        .await?;
+    let stale_before =
+        Utc::now() - chrono::Duration::from_std(TRANSITION_GRACE).unwrap_or_default();
     let mut owned: HashSet<String> = HashSet::new();
     for row in &rows {
         let id = row.public_id();
+        let on_host = listed.get(id.as_str()).copied().unwrap_or(Listed::Absent);
         owned.insert(id.clone());
-        let is_alive = alive.contains(id.as_str());
-        match (row.status(), is_alive) {
-            (CapsuleStatus::Missing, true) => {
-                if let Some(back) =
-                    transition(app, row.id, &["missing"], CapsuleStatus::Running).await?
-                {
-                    tracing::info!(capsule = %id, "capsule found alive again");
-                    capsules::capsule_event(
-                        app,
-                        &back,
-                        EventKind::CapsuleStateChanged,
-                        &Actor::system(),
-                        None,
-                        state_changed_metadata("missing", CapsuleStatus::Running, "host_recovered"),
-                        None,
-                    )
-                    .await;
-                }
+        let paused_reason = if auto_paused.contains(id.as_str()) {
+            "ttl_expired"
+        } else {
+            "host_paused"
+        };
+        match (row.status(), on_host) {
+            (CapsuleStatus::Missing, Listed::Running) => {
+                let m = state_changed_metadata("missing", CapsuleStatus::Running, "host_recovered");
+                system_change(
+                    app,
+                    row,
+                    CapsuleStatus::Running,
+                    EventKind::CapsuleStateChanged,
+                    m,
+                )
+                .await?;
             }
-            (CapsuleStatus::Running | CapsuleStatus::Missing, false) => {
-                let from = row.status.as_str();
+            (CapsuleStatus::Paused, Listed::Running) => {
+                let m = state_changed_metadata("paused", CapsuleStatus::Running, "host_running");
+                system_change(
+                    app,
+                    row,
+                    CapsuleStatus::Running,
+                    EventKind::CapsuleStateChanged,
+                    m,
+                )
+                .await?;
+            }
+            (CapsuleStatus::Running | CapsuleStatus::Missing, Listed::Paused) => {
+                system_change(
+                    app,
+                    row,
+                    CapsuleStatus::Paused,
+                    EventKind::CapsulePause,
+                    reason(paused_reason),
+                )
+                .await?;
+            }
+            (CapsuleStatus::Running | CapsuleStatus::Missing, Listed::Absent) => {
                 if auto_paused.contains(id.as_str()) {
-                    if let Some(paused) =
-                        transition(app, row.id, &[from], CapsuleStatus::Paused).await?
-                    {
-                        let mut m = Metadata::new();
-                        m.insert("reason".into(), "ttl_expired".into());
-                        capsules::capsule_event(
-                            app,
-                            &paused,
-                            EventKind::CapsulePause,
-                            &Actor::system(),
-                            Some(Outcome::Success),
-                            m,
-                            None,
-                        )
-                        .await;
-                    }
+                    system_change(
+                        app,
+                        row,
+                        CapsuleStatus::Paused,
+                        EventKind::CapsulePause,
+                        reason("ttl_expired"),
+                    )
+                    .await?;
                 } else {
-                    let reason = if ttl_destroyed.contains(id.as_str()) {
+                    let why = if ttl_destroyed.contains(id.as_str()) {
                         "ttl_expired"
                     } else {
                         "host_failure"
                     };
-                    if let Some(stopped) =
-                        transition(app, row.id, &[from], CapsuleStatus::Stopped).await?
-                    {
-                        tracing::info!(capsule = %id, reason, "capsule is gone from its host");
-                        let mut m = Metadata::new();
-                        m.insert("reason".into(), reason.into());
-                        m.insert("host_ip".into(), host.address.clone());
-                        capsules::capsule_event(
-                            app,
-                            &stopped,
-                            EventKind::CapsuleDestroy,
-                            &Actor::system(),
-                            Some(Outcome::Success),
-                            m,
-                            None,
-                        )
-                        .await;
-                    }
+                    let mut m = reason(why);
+                    m.insert("host_ip".into(), host.address.clone());
+                    system_change(
+                        app,
+                        row,
+                        CapsuleStatus::Stopped,
+                        EventKind::CapsuleDestroy,
+                        m,
+                    )
+                    .await?;
                 }
             }
-            (CapsuleStatus::Starting | CapsuleStatus::Pending, false)
+            (CapsuleStatus::Starting | CapsuleStatus::Pending, Listed::Absent)
                 if Utc::now() - row.created_at
                     > chrono::Duration::from_std(STARTING_GRACE).unwrap_or_default() =>
             {
                 transition(app, row.id, &[row.status.as_str()], CapsuleStatus::Error).await?;
+            }
+            (
+                status @ (CapsuleStatus::Pausing
+                | CapsuleStatus::Resuming
+                | CapsuleStatus::Snapshotting),
+                on_host,
+            ) if row.last_updated < stale_before => {
+                let to = match on_host {
+                    Listed::Running => CapsuleStatus::Running,
+                    Listed::Paused => CapsuleStatus::Paused,
+                    Listed::Absent => CapsuleStatus::Stopped,
+                };
+                tracing::warn!(capsule = %id, %status, %to, "capsule stuck in a transition; taking the host's state");
+                let m = state_changed_metadata(status.as_str(), to, "stale_transition");
+                system_change(app, row, to, EventKind::CapsuleStateChanged, m).await?;
             }
             _ => {}
         }

@@ -1,6 +1,7 @@
 """Drives a real capsule with the unmodified official `wrenn` SDK (0.3.0).
 
-Run by tests/sdk_e2e.rs with WRENN_BASE_URL and WRENN_API_KEY set. Prints one line per check and
+Exec, streams, files, the PTY, the port proxy, pause/connect/wake and snapshots. Run by
+tests/sdk_e2e.rs with WRENN_BASE_URL and WRENN_API_KEY set. Prints one line per check and
 "ALL OK" at the end; any failure raises (non-zero exit with a traceback).
 """
 
@@ -179,6 +180,34 @@ with Capsule(wait=True) as c:
         except Exception:
             time.sleep(0.2)
     check("websocket through the port proxy", reply == "echo:ping-through-proxy", repr(reply))
+
+    # Pause and resume as the SDK does them: pause(wait=True) polls until paused; connect()
+    # resumes a paused capsule; any call that needs it running wakes it by itself.
+    info = c.pause(wait=True)
+    check("pause", info.status == "paused", repr(info))
+    again = Capsule.connect(c.capsule_id)
+    check("connect resumes", again.get_info().status == "running", repr(again.get_info()))
+    check("state kept across pause", c.files.read("/tmp/site/index.html") == "proxied\n")
+    c.pause(wait=True)
+    r = c.commands.run("cat /tmp/site/index.html")
+    check("exec wakes a paused capsule", r.stdout == "proxied\n" and c.get_info().status == "running", repr(r))
+
+    # A snapshot of the running capsule: a Template the SDK validates; the capsule keeps running.
+    t = c.create_snapshot(name="sdk-snap")
+    check("create_snapshot", (t.name, t.type) == ("sdk-snap", "snapshot") and t.size_bytes > 0, repr(t))
+    check("source still running", c.get_info().status == "running")
+    try:
+        c.create_snapshot(name="sdk-snap")
+        check("snapshot name taken", False, "no error")
+    except wrenn.WrennConflictError:
+        check("snapshot name taken -> conflict", True)
+    t = c.create_snapshot(name="sdk-snap", overwrite=True)
+    check("snapshot overwrite", t.name == "sdk-snap", repr(t))
+    client = wrenn.WrennClient()
+    names = [x.name for x in client.snapshots.list(type="snapshot")]
+    check("snapshot listed", names == ["sdk-snap"], repr(names))
+    client.snapshots.delete("sdk-snap")
+    check("snapshot deleted", client.snapshots.list(type="snapshot") == [])
 
     capsule_id = c.capsule_id
 

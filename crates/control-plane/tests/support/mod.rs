@@ -67,7 +67,12 @@ impl TestApp {
     /// A control plane without its periodic workers (sampler, rollup, monitor), for tests that
     /// write the tables those workers write and drive the workers' functions themselves.
     pub async fn start_quiet(db: PgPool) -> Self {
-        Self::launch(db, Settings::default(), false, Mailer::default(), false).await
+        Self::start_quiet_with(db, Settings::default()).await
+    }
+
+    /// [`TestApp::start_quiet`] with `settings`.
+    pub async fn start_quiet_with(db: PgPool, settings: Settings) -> Self {
+        Self::launch(db, settings, false, Mailer::default(), false).await
     }
 
     async fn launch(

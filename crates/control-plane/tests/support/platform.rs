@@ -130,12 +130,17 @@ impl Platform {
 
     /// Creates a capsule for `tenant` through the API and waits until it runs.
     pub async fn create_capsule(&self, tenant: &Tenant) -> String {
+        self.create_capsule_with(tenant, json!({})).await
+    }
+
+    /// Like [`Platform::create_capsule`] with a create body (template, timeout, …).
+    pub async fn create_capsule_with(&self, tenant: &Tenant, body: Value) -> String {
         let resp = self
             .cp
             .http
             .post(self.cp.url("/v1/capsules"))
             .header("X-API-Key", &tenant.api_key)
-            .json(&json!({}))
+            .json(&body)
             .send()
             .await
             .expect("create capsule");
@@ -150,6 +155,60 @@ impl Platform {
         let id = body["id"].as_str().expect("capsule id").to_string();
         self.wait_capsule_status(tenant, &id, "running").await;
         id
+    }
+
+    /// An API call as `tenant` (API key); the status and the JSON body (null if none).
+    pub async fn api(
+        &self,
+        tenant: &Tenant,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .cp
+            .http
+            .request(method, self.cp.url(path))
+            .header("X-API-Key", &tenant.api_key);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.expect("send");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Runs `script` with `/bin/sh -c` in the capsule (foreground); its stdout.
+    pub async fn sh(&self, tenant: &Tenant, id: &str, script: &str) -> String {
+        let (status, body) = self
+            .api(
+                tenant,
+                reqwest::Method::POST,
+                &format!("/v1/capsules/{id}/exec"),
+                Some(json!({"cmd": "/bin/sh", "args": ["-c", script], "timeout_sec": 60})),
+            )
+            .await;
+        assert_eq!(
+            status,
+            200,
+            "{script}: {body}\nagent log:\n{}",
+            self.agent.log_tail()
+        );
+        body["stdout"].as_str().expect("stdout").to_string()
+    }
+
+    /// `GET path` through the port proxy (Host `{port}-{id}.localhost`): status and body.
+    pub async fn proxy_get(&self, id: &str, port: u16, path: &str) -> (u16, String) {
+        let resp = self
+            .cp
+            .http
+            .get(self.cp.url(path))
+            .header("Host", format!("{port}-{id}.localhost"))
+            .send()
+            .await
+            .expect("proxy");
+        let status = resp.status().as_u16();
+        (status, resp.text().await.unwrap_or_default())
     }
 
     pub async fn capsule(&self, tenant: &Tenant, id: &str) -> Value {

@@ -584,6 +584,7 @@ impl SandboxManager {
                     manifest.image_version
                 ))
             })?;
+        image.pin(&super::sandbox_pin(&id))?;
 
         let networking = Instant::now();
         let slot = self.slots.allocate()?;
@@ -792,6 +793,9 @@ impl SandboxManager {
         std::fs::create_dir_all(&staging).map_err(io(&staging))?;
         let result = self.fill_template(sandbox_id, &staging).await;
         let result = result.and_then(|()| {
+            let manifest = read_manifest(&staging.join(TEMPLATE_MANIFEST))?;
+            GuestImage::version(self.cfg.layout.images(), &manifest.image_version)?
+                .pin(&template_pin(template_id))?;
             std::fs::rename(&staging, &tdir).map_err(io(&tdir))?;
             Ok(allocated_in(&tdir, &[]))
         });
@@ -840,7 +844,10 @@ impl SandboxManager {
             .map_err(|e| AgentError::InvalidArgument(format!("template id: {e}")))?;
         let dir = self.template_dir(template_id);
         match std::fs::remove_dir_all(&dir) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                crate::image::unpin(self.cfg.layout.images(), &template_pin(template_id));
+                Ok(())
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(AgentError::SandboxNotFound(
                 format!("template {template_id}"),
             )),
@@ -908,6 +915,11 @@ async fn copy_paused_snapshot(paused: &PausedSandbox, out: &Path) -> AgentResult
     }
     manifest.created_at_unix = now_unix();
     write_json_atomic(&out.join(TEMPLATE_MANIFEST), &manifest)
+}
+
+/// The name of a template's pin on its guest image.
+fn template_pin(template_id: &str) -> String {
+    format!("template.{template_id}")
 }
 
 fn record_disk_name(record: &SandboxRecord) -> String {

@@ -20,7 +20,7 @@ use crate::agents::AgentClient;
 use crate::auth::AuthContext;
 use crate::error::{ApiError, ApiResult};
 use crate::service::capsules::{self, CapsuleRow};
-use crate::state::App;
+use crate::state::AppState;
 use wrenn_protocol::connect::{self, Code};
 
 /// A running capsule of the caller's, and the agent that hosts it.
@@ -33,9 +33,9 @@ pub struct Target {
 }
 
 impl Target {
-    /// The caller's capsule `id`: 404 if it is not theirs, 409 `invalid_state` unless running.
-    /// Counts as activity.
-    pub async fn resolve(app: &App, auth: &AuthContext, id: &str) -> ApiResult<Self> {
+    /// The caller's capsule `id`: 404 if it is not theirs; a paused one is woken; 409
+    /// `invalid_state` if it cannot run. Counts as activity.
+    pub async fn resolve(app: &AppState, auth: &AuthContext, id: &str) -> ApiResult<Self> {
         let (row, agent) = capsules::running(app, auth, id).await?;
         capsules::touch(app, row.id).await;
         Ok(Self {
