@@ -4,17 +4,9 @@
 mod support;
 
 use std::time::Duration;
-use support::{Agent, eventually, slot_leftovers, vms_under};
+use support::{Agent, eventually, slot_leftovers, slot_of, vms_under};
 use wrenn_protocol::envd::rpc_path;
 use wrenn_protocol::hostagent::{self as pb, SERVICE};
-
-fn slot_of(host_ip: &str) -> u32 {
-    let o: Vec<u32> = host_ip
-        .split('.')
-        .map(|p| p.parse().expect("octet"))
-        .collect();
-    (o[2] << 8) | o[3]
-}
 
 async fn assert_gone(agent: &Agent, id: &str, slot: u32) {
     assert!(

@@ -6,7 +6,7 @@ mod fake_agent;
 mod scripted_agent;
 mod support;
 
-use scripted_agent::eventually;
+use scripted_agent::{capsule, eventually, status};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use std::time::{Duration, Instant};
@@ -17,9 +17,6 @@ use wrenn_control_plane::state::Settings;
 use wrenn_protocol::connect::Code;
 use wrenn_protocol::hostagent as pb;
 
-/// The platform template `minimal-ubuntu`.
-const UBUNTU: &str = "00000000-0000-0000-0000-000000000001";
-
 async fn quiet(db: PgPool, answer_within: Duration) -> TestApp {
     TestApp::start_quiet_with(
         db,
@@ -29,32 +26,6 @@ async fn quiet(db: PgPool, answer_within: Duration) -> TestApp {
         },
     )
     .await
-}
-
-/// A capsule row on `host` in `status`; returns its public id.
-async fn capsule(db: &PgPool, team: Uuid, host: Uuid, status: &str) -> String {
-    let id = Uuid::new_v4();
-    sqlx::query(
-        "INSERT INTO sandboxes (id, team_id, host_id, status, template, template_id, timeout_sec)
-         VALUES ($1, $2, $3, $4, 'minimal-ubuntu', $5, 120)",
-    )
-    .bind(id)
-    .bind(team)
-    .bind(host)
-    .bind(status)
-    .bind(Uuid::parse_str(UBUNTU).expect("uuid"))
-    .execute(db)
-    .await
-    .expect("capsule");
-    ids::capsule(id)
-}
-
-async fn status(db: &PgPool, id: &str) -> String {
-    sqlx::query_scalar("SELECT status FROM sandboxes WHERE id = $1")
-        .bind(ids::decode(IdKind::Capsule, id).expect("id"))
-        .fetch_one(db)
-        .await
-        .expect("status")
 }
 
 async fn set_status(db: &PgPool, id: &str, status: &str) {

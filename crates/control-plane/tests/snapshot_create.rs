@@ -6,7 +6,7 @@ mod fake_agent;
 mod scripted_agent;
 mod support;
 
-use scripted_agent::{ScriptedAgent, eventually};
+use scripted_agent::{ScriptedAgent, capsule, eventually, status};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use std::time::Duration;
@@ -14,33 +14,6 @@ use support::{Tenant, TestApp};
 use uuid::Uuid;
 use wrenn_control_plane::ids::{self, IdKind};
 use wrenn_protocol::connect::Code;
-
-/// A capsule row on `host`; returns its public id.
-async fn capsule(db: &PgPool, team: Uuid, host: Uuid, status: &str) -> String {
-    let id = Uuid::new_v4();
-    sqlx::query(
-        "INSERT INTO sandboxes (id, team_id, host_id, status, vcpus, memory_mb, disk_size_mb,
-                                template, template_id, metadata)
-         VALUES ($1, $2, $3, $4, 2, 1024, 4096, 'minimal-ubuntu',
-                 '00000000-0000-0000-0000-000000000001', '{\"project\": \"demo\"}')",
-    )
-    .bind(id)
-    .bind(team)
-    .bind(host)
-    .bind(status)
-    .execute(db)
-    .await
-    .expect("capsule");
-    ids::capsule(id)
-}
-
-async fn status(db: &PgPool, id: &str) -> String {
-    sqlx::query_scalar("SELECT status FROM sandboxes WHERE id = $1")
-        .bind(ids::decode(IdKind::Capsule, id).expect("id"))
-        .fetch_one(db)
-        .await
-        .expect("status")
-}
 
 /// A snapshot template row of the team on `host`.
 async fn snapshot_row(db: &PgPool, team: Uuid, name: &str, host: Option<Uuid>) -> Uuid {

@@ -22,16 +22,8 @@ const HASH_THREADS: usize = 2;
 pub fn verify(header: &MemoryHeader, dir: &Path) -> Result<(), SnapshotError> {
     let mut files = Vec::with_capacity(header.builds.len());
     for b in header.builds.values() {
-        let path = dir.join(&b.file_name);
-        let file = open_build(&path)?;
-        let len = file.metadata().map_err(io_at(&path))?.len();
-        if len != b.length {
-            return Err(SnapshotError::Damaged(format!(
-                "build file {} is {len} bytes, the header says {}",
-                path.display(),
-                b.length
-            )));
-        }
+        let (path, file) = open_build(dir, b)?;
+        let len = b.length;
         let extents = data_extents(&file, len).map_err(io_at(&path))?;
         files.push((path, file, align_extents(&extents, BLOCK_SIZE, len)));
     }
@@ -65,14 +57,29 @@ pub fn verify(header: &MemoryHeader, dir: &Path) -> Result<(), SnapshotError> {
 }
 
 /// Opens a build file; a missing one is damage, not an I/O error.
-pub(crate) fn open_build(path: &Path) -> Result<File, SnapshotError> {
-    File::open(path).map_err(|e| {
+/// Opens a build file of the header and checks it has the length the header recorded: a
+/// missing or truncated file is damage, not an I/O error.
+pub(crate) fn open_build(
+    dir: &Path,
+    build: &super::BuildFile,
+) -> Result<(std::path::PathBuf, File), SnapshotError> {
+    let path = dir.join(&build.file_name);
+    let file = File::open(&path).map_err(|e| {
         if e.kind() == io::ErrorKind::NotFound {
             SnapshotError::Damaged(format!("build file {} is missing", path.display()))
         } else {
-            SnapshotError::io(path, e)
+            SnapshotError::io(&path, e)
         }
-    })
+    })?;
+    let len = file.metadata().map_err(io_at(&path))?.len();
+    if len != build.length {
+        return Err(SnapshotError::Damaged(format!(
+            "build file {} is {len} bytes, the header says {}",
+            path.display(),
+            build.length
+        )));
+    }
+    Ok((path, file))
 }
 
 /// One chunk to hash.

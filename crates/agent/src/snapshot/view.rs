@@ -56,16 +56,7 @@ impl MemoryView {
         let mut sources = Vec::with_capacity(header.builds.len());
         let mut index = std::collections::BTreeMap::new();
         for (id, b) in &header.builds {
-            let path = dir.join(&b.file_name);
-            let file = open_build(&path)?;
-            let len = file.metadata().map_err(io_at(&path))?.len();
-            if len != b.length {
-                return Err(SnapshotError::Damaged(format!(
-                    "build file {} is {len} bytes, the header says {}",
-                    path.display(),
-                    b.length
-                )));
-            }
+            let (path, file) = open_build(dir, b)?;
             index.insert(*id, sources.len());
             sources.push(Source {
                 path,

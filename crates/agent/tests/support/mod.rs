@@ -134,6 +134,15 @@ impl Agent {
     }
 }
 
+/// The network slot behind a sandbox's host address (`10.11.<slot/256>.<slot%256>`).
+pub fn slot_of(host_ip: &str) -> u32 {
+    let o: Vec<u32> = host_ip
+        .split('.')
+        .map(|p| p.parse().expect("octet"))
+        .collect();
+    (o[2] << 8) | o[3]
+}
+
 /// What a slot leaves on the host; all of it must be gone after destroy.
 pub fn slot_leftovers(slot: u32) -> Vec<String> {
     let mut found = Vec::new();

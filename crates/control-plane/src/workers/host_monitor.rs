@@ -226,19 +226,13 @@ async fn reconcile(
             "host_paused"
         };
         match (row.status(), on_host) {
-            (CapsuleStatus::Missing, Listed::Running) => {
-                let m = state_changed_metadata("missing", CapsuleStatus::Running, "host_recovered");
-                system_change(
-                    app,
-                    row,
-                    CapsuleStatus::Running,
-                    EventKind::CapsuleStateChanged,
-                    m,
-                )
-                .await?;
-            }
-            (CapsuleStatus::Paused, Listed::Running) => {
-                let m = state_changed_metadata("paused", CapsuleStatus::Running, "host_running");
+            (from @ (CapsuleStatus::Missing | CapsuleStatus::Paused), Listed::Running) => {
+                let reason = if from == CapsuleStatus::Missing {
+                    "host_recovered"
+                } else {
+                    "host_running"
+                };
+                let m = state_changed_metadata(from.as_str(), CapsuleStatus::Running, reason);
                 system_change(
                     app,
                     row,

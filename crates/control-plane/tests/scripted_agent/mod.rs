@@ -281,3 +281,33 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A capsule row of `team` on `host` in `status` (2 vCPUs, 1 GiB,
+/// `minimal-ubuntu`, a 120 s idle timeout, one metadata label); returns its public id.
+pub async fn capsule(db: &PgPool, team: uuid::Uuid, host: uuid::Uuid, status: &str) -> String {
+    let id = uuid::Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO sandboxes (id, team_id, host_id, status, vcpus, memory_mb, disk_size_mb,
+                                template, template_id, timeout_sec, metadata)
+         VALUES ($1, $2, $3, $4, 2, 1024, 4096, 'minimal-ubuntu',
+                 '00000000-0000-0000-0000-000000000001', 120, '{\"project\": \"demo\"}')",
+    )
+    .bind(id)
+    .bind(team)
+    .bind(host)
+    .bind(status)
+    .execute(db)
+    .await
+    .expect("capsule");
+    wrenn_control_plane::ids::capsule(id)
+}
+
+/// A capsule's status as stored.
+pub async fn status(db: &PgPool, id: &str) -> String {
+    use wrenn_control_plane::ids::{self, IdKind};
+    sqlx::query_scalar("SELECT status FROM sandboxes WHERE id = $1")
+        .bind(ids::decode(IdKind::Capsule, id).expect("id"))
+        .fetch_one(db)
+        .await
+        .expect("status")
+}
