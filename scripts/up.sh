@@ -3,7 +3,7 @@
 # is set), the control plane, and a host agent that registers itself with it and boots microVM
 # sandboxes (QEMU here; Firecracker where its binary exists). Installs what is missing, builds
 # the guest image if absent, creates an admin user and an API key, prints how to reach it, and
-# keeps serving until interrupted (Ctrl-C stops both; running sandboxes are kept for next time).
+# keeps serving until interrupted (Ctrl-C stops everything; sandboxes are paused and found again next time).
 # Configuration: environment variables or an env file (see .env.example); must run as root
 # (network namespaces, TAP devices).
 set -euo pipefail
@@ -103,8 +103,15 @@ log "starting the host agent on $AGENT_LISTEN"
   --listen "$AGENT_LISTEN" --cp-url "http://127.0.0.1:$cp_port" --address "$AGENT_LISTEN" \
   "${agent_args[@]}" &
 pids+=($!)
-for _ in $(seq 1 150); do
-  [ "$(psql -qAt "$DATABASE_URL" -c "SELECT count(*) FROM hosts WHERE status = 'online'")" != 0 ] && break
+# Ready means registered (online in the database) and accepting connections: registration
+# happens before the agent's listener is up.
+agent_host="${AGENT_LISTEN%:*}" agent_port="${AGENT_LISTEN##*:}"
+[ "$agent_host" = 0.0.0.0 ] && agent_host=127.0.0.1
+for _ in $(seq 1 300); do
+  if [ "$(psql -qAt "$DATABASE_URL" -c "SELECT count(*) FROM hosts WHERE status = 'online'")" != 0 ] &&
+    (exec 3<>"/dev/tcp/$agent_host/$agent_port") 2>/dev/null; then
+    break
+  fi
   kill -0 "${pids[1]}" 2>/dev/null || { echo "error: the host agent exited; see $WRENN_DIR/logs/host-agent.log" >&2; exit 1; }
   sleep 0.2
 done

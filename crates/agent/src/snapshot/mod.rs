@@ -15,6 +15,7 @@
 //!   parent. Generation + 1; when [`MemoryHeader::needs_merge`] says so, [`merge`] folds the
 //!   chain into one build file so resume never reads through more than [`MAX_GENERATION`] diffs.
 //!   Afterwards [`remove_unreferenced`] deletes build files nothing maps to any more.
+//!   [`store_vmm_memory`] does this whole sequence for a pause.
 //! - [`describe_raw`]: QEMU keeps guest RAM in a sparse file that is used in place; this
 //!   describes it with an identity mapping and checksums (holes are [`BuildId::ZERO`]).
 //!
@@ -42,6 +43,7 @@
 //!
 //! [`AgentError::SnapshotDamaged`]: crate::error::AgentError::SnapshotDamaged
 
+mod chain;
 mod copy;
 mod error;
 mod header;
@@ -55,6 +57,9 @@ mod tests;
 
 use std::fmt;
 
+pub use chain::store_vmm_memory;
+#[cfg(test)]
+pub(crate) use chain::testing::SimulatedGuest;
 pub use copy::{Durability, copy_sparse, copy_sparse_into_sized, copy_sparse_with};
 pub use error::SnapshotError;
 pub use header::{BuildFile, Checksum, Location, Mapping, MemoryHeader};

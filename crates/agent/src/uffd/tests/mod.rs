@@ -1,6 +1,7 @@
 //! The page server against a real userfaultfd in this process (needs root, as the agent does).
 
 mod harness;
+mod served_chain;
 
 use std::sync::Arc;
 use std::sync::mpsc;
