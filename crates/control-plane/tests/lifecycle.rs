@@ -463,3 +463,33 @@ async fn the_host_monitor_follows_what_the_host_paused(db: PgPool) {
         1
     );
 }
+
+#[sqlx::test(migrator = "wrenn_control_plane::db::MIGRATOR")]
+async fn a_heartbeat_with_fewer_running_sandboxes_reconciles_at_once(db: PgPool) {
+    let t = TestApp::start_quiet(db.clone()).await;
+    let alice = t.tenant("alice").await;
+    let agent = scripted_agent::start(&db).await;
+    let host = agent.agent.host_id;
+    let id = capsule(&db, alice.team_id, host, "running").await;
+    // The agent paused it on its way down and came back: it runs nothing now.
+    agent.lock().listing = pb::ListSandboxesResponse {
+        sandboxes: vec![info(&id, "paused")],
+        ..Default::default()
+    };
+    let public_host = ids::encode(IdKind::Host, host);
+    let token = t.app.jwt.sign_host(&public_host).expect("host token");
+    let resp = t
+        .http
+        .post(t.url(&format!("/v1/hosts/{public_host}/heartbeat")))
+        .header("X-Host-Token", token)
+        .json(&json!({ "running_sandboxes": 0 }))
+        .send()
+        .await
+        .expect("heartbeat");
+    assert_eq!(resp.status().as_u16(), 204);
+    // No monitor round runs in this app: only the heartbeat can have triggered this.
+    eventually("the capsule is seen paused", || async {
+        status(&db, &id).await == "paused"
+    })
+    .await;
+}

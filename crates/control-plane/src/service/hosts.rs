@@ -85,7 +85,8 @@ impl HostRow {
     }
 }
 
-async fn load(app: &App, id: Uuid) -> ApiResult<Option<HostRow>> {
+/// A host by id; `None` once it is deleted.
+pub async fn load(app: &App, id: Uuid) -> ApiResult<Option<HostRow>> {
     let sql = format!("SELECT {HOST_COLUMNS} FROM hosts WHERE id = $1");
     Ok(sqlx::query_as::<_, HostRow>(sqlx::AssertSqlSafe(sql))
         .bind(id)
@@ -408,10 +409,10 @@ pub async fn refresh(app: &App, req: RefreshHostRequest) -> ApiResult<HostCreden
 
 /// `POST /v1/hosts/{id}/heartbeat`.
 pub async fn heartbeat(
-    app: &App,
+    app: &crate::state::AppState,
     host_id_from_token: Uuid,
     id: &str,
-    _req: HeartbeatRequest,
+    req: HeartbeatRequest,
 ) -> ApiResult<()> {
     let id = ids::decode(IdKind::Host, id)
         .ok_or_else(|| ApiError::not_found(format!("host {id} not found")))?;
@@ -436,6 +437,19 @@ pub async fn heartbeat(
     {
         tracing::info!(host = %host.public_id(), "host is back online");
         host_event(app, &host, EventKind::HostUp, "heartbeat_resumed").await;
+        crate::workers::host_monitor::reconcile_soon(app, id);
+        return Ok(());
+    }
+    // An agent that runs fewer sandboxes than we think paused or lost some (a restart, a
+    // lost control plane): look now rather than at the next monitor round.
+    let running: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM sandboxes WHERE host_id = $1 AND status = 'running'",
+    )
+    .bind(id)
+    .fetch_one(&app.db)
+    .await?;
+    if i64::from(req.running_sandboxes) < running {
+        crate::workers::host_monitor::reconcile_soon(app, id);
     }
     Ok(())
 }

@@ -60,27 +60,58 @@ pub async fn tick(app: &AppState) -> crate::ApiResult<()> {
         .fetch_all(&app.db)
         .await?;
     for host in online {
-        let client = app.agents.client_for(host.id, &host.address);
-        let rows = host_rows(app, &host).await?;
-        match tokio::time::timeout(
-            LIST_TIMEOUT,
-            client.call::<_, pb::ListSandboxesResponse>(
-                "ListSandboxes",
-                &pb::ListSandboxesRequest {},
-            ),
-        )
-        .await
-        {
-            Ok(Ok(list)) => reconcile(app, &host, &client, rows, list).await?,
-            Ok(Err(e)) => {
-                tracing::debug!(host = %host.public_id(), error = %e, "could not list sandboxes; trying next round")
-            }
-            Err(_) => {
-                tracing::debug!(host = %host.public_id(), "listing sandboxes timed out; trying next round")
-            }
-        }
+        reconcile_host(app, &host).await?;
     }
     Ok(())
+}
+
+/// Lists one host's sandboxes and brings its capsules' rows in line. Returns whether the host
+/// answered.
+pub async fn reconcile_host(app: &AppState, host: &HostRow) -> crate::ApiResult<bool> {
+    let client = app.agents.client_for(host.id, &host.address);
+    let rows = host_rows(app, host).await?;
+    match tokio::time::timeout(
+        LIST_TIMEOUT,
+        client.call::<_, pb::ListSandboxesResponse>("ListSandboxes", &pb::ListSandboxesRequest {}),
+    )
+    .await
+    {
+        Ok(Ok(list)) => {
+            reconcile(app, host, &client, rows, list).await?;
+            Ok(true)
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(host = %host.public_id(), error = %e, "could not list sandboxes; trying next round");
+            Ok(false)
+        }
+        Err(_) => {
+            tracing::debug!(host = %host.public_id(), "listing sandboxes timed out; trying next round");
+            Ok(false)
+        }
+    }
+}
+
+/// Reconciles `host` soon, not at the next round: its agent reports fewer running sandboxes
+/// than the database has (it paused them on its way down, or lost them), or it is back after a
+/// silence. A few quick tries, because an agent heartbeats before its listener is up.
+pub fn reconcile_soon(app: &AppState, host_id: uuid::Uuid) {
+    let app = app.clone();
+    tokio::spawn(async move {
+        for attempt in 0..5u32 {
+            tokio::time::sleep(Duration::from_millis(500) * (attempt + 1)).await;
+            let Ok(Some(host)) = crate::service::hosts::load(&app, host_id).await else {
+                return;
+            };
+            match reconcile_host(&app, &host).await {
+                Ok(true) => return,
+                Ok(false) => continue,
+                Err(e) => {
+                    tracing::warn!(host = %host.public_id(), error = %e, "reconciling a host failed");
+                    return;
+                }
+            }
+        }
+    });
 }
 
 /// The capsules a host owns: every row placed there that is not `stopped`.
