@@ -93,12 +93,12 @@ pub async fn reconcile_host(app: &AppState, host: &HostRow) -> crate::ApiResult<
 
 /// Reconciles `host` soon, not at the next round: its agent reports fewer running sandboxes
 /// than the database has (it paused them on its way down, or lost them), or it is back after a
-/// silence. A few quick tries, because an agent heartbeats before its listener is up.
+/// silence. At once, then a few quick retries in case its listener is not accepting yet.
 pub fn reconcile_soon(app: &AppState, host_id: uuid::Uuid) {
     let app = app.clone();
     tokio::spawn(async move {
         for attempt in 0..5u32 {
-            tokio::time::sleep(Duration::from_millis(500) * (attempt + 1)).await;
+            tokio::time::sleep(Duration::from_millis(500) * attempt).await;
             let Ok(Some(host)) = crate::service::hosts::load(&app, host_id).await else {
                 return;
             };
