@@ -77,6 +77,7 @@ async fn one_size(agent: &Agent, memory_mb: i32, tag: &str) {
         .await;
     let dir = agent.data_dir.join("sandboxes").join(&id);
     let (mut pause, mut resume, mut size) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut resume_rpc, mut after_resume_exec) = (Vec::new(), Vec::new());
     for _ in 0..RUNS {
         let t = Instant::now();
         let _: pb::PauseSandboxResponse = call(
@@ -99,7 +100,10 @@ async fn one_size(agent: &Agent, memory_mb: i32, tag: &str) {
             },
         )
         .await;
+        resume_rpc.push(t.elapsed().as_secs_f64() * 1000.0);
+        let e = Instant::now();
         first_exec(agent, &id).await;
+        after_resume_exec.push(e.elapsed().as_secs_f64() * 1000.0);
         resume.push(t.elapsed().as_secs_f64() * 1000.0);
     }
 
@@ -174,6 +178,11 @@ async fn one_size(agent: &Agent, memory_mb: i32, tag: &str) {
         made.size_bytes as f64 / 1048576.0
     );
     println!("  resume to first exec       median {resume_ms:7.0} ms  (runs: {resume:.0?})");
+    println!(
+        "    of which the resume RPC  median {:7.0} ms, then the first exec {:.0} ms",
+        median(resume_rpc),
+        median(after_resume_exec)
+    );
     println!("  create from template       median {tpl_ms:7.0} ms  (runs: {from_template:.0?})");
     println!("  cold boot to first exec    median {cold_ms:7.0} ms");
     println!(
