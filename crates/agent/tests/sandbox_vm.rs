@@ -392,16 +392,7 @@ async fn a_restarted_agent_finds_its_sandboxes() {
             .collect::<Vec<_>>(),
         [(id, "paused")]
     );
-    let resumed: pb::ResumeSandboxResponse = agent
-        .call(
-            "ResumeSandbox",
-            &pb::ResumeSandboxRequest {
-                sandbox_id: id.into(),
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("resume after restart");
+    let resumed = agent.resume(id).await.expect("resume after restart");
     let slot = slot_of(&resumed.host_ip);
     let out = agent.exec(id, "cat /home/user/note").await;
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "before-crash");

@@ -11,33 +11,6 @@ use support::{Agent, eventually, slot_leftovers, slot_of, vms_under};
 use wrenn_protocol::envd::rpc_path;
 use wrenn_protocol::hostagent::{self as pb, SERVICE};
 
-async fn pause(agent: &Agent, id: &str) -> Result<(), wrenn_protocol::connect::Error> {
-    agent
-        .call::<_, pb::PauseSandboxResponse>(
-            "PauseSandbox",
-            &pb::PauseSandboxRequest {
-                sandbox_id: id.into(),
-            },
-        )
-        .await
-        .map(|_| ())
-}
-
-async fn resume(
-    agent: &Agent,
-    id: &str,
-) -> Result<pb::ResumeSandboxResponse, wrenn_protocol::connect::Error> {
-    agent
-        .call(
-            "ResumeSandbox",
-            &pb::ResumeSandboxRequest {
-                sandbox_id: id.into(),
-                ..Default::default()
-            },
-        )
-        .await
-}
-
 fn status_of(list: &pb::ListSandboxesResponse, id: &str) -> Option<String> {
     list.sandboxes
         .iter()
@@ -227,7 +200,7 @@ async fn a_paused_sandbox_resumes_exactly_where_it_was() {
     drop(pty);
     let before = counter(&agent, id).await;
 
-    pause(&agent, id).await.expect("pause");
+    agent.pause(id).await.expect("pause");
     let list = agent.list().await;
     assert_eq!(status_of(&list, id).as_deref(), Some("paused"));
     assert!(
@@ -254,11 +227,11 @@ async fn a_paused_sandbox_resumes_exactly_where_it_was() {
         refused.expect_err("exec while paused").code.as_str(),
         "failed_precondition"
     );
-    let again = pause(&agent, id).await.expect_err("second pause");
+    let again = agent.pause(id).await.expect_err("second pause");
     assert_eq!(again.code.as_str(), "failed_precondition");
     tokio::time::sleep(Duration::from_secs(1)).await;
 
-    let resumed = resume(&agent, id).await.expect("resume");
+    let resumed = agent.resume(id).await.expect("resume");
     assert_eq!(resumed.status, "running");
     let list = agent.list().await;
     assert_eq!(status_of(&list, id).as_deref(), Some("running"));
@@ -299,7 +272,8 @@ async fn twenty_pause_resume_cycles_leak_nothing() {
     let mut baseline: Option<(usize, u64, Vec<String>)> = None;
     let mut last = 0;
     for cycle in 0..20 {
-        pause(&agent, id)
+        agent
+            .pause(id)
             .await
             .unwrap_or_else(|e| panic!("pause {cycle}: {e:?}\n{}", agent.log_tail()));
         let netns = std::fs::read_dir("/run/netns")
@@ -318,7 +292,8 @@ async fn twenty_pause_resume_cycles_leak_nothing() {
             "cycle {cycle}: VM left"
         );
         let paused_files = files_in(&dir);
-        let r = resume(&agent, id)
+        let r = agent
+            .resume(id)
             .await
             .unwrap_or_else(|e| panic!("resume {cycle}: {e:?}\n{}", agent.log_tail()));
         let slot = slot_of(&r.host_ip);
@@ -372,7 +347,7 @@ async fn a_pause_that_fails_midway_leaves_the_sandbox_running() {
         assert!(ok, "chattr {flag}");
     };
     chattr("+i");
-    let failed = pause(&agent, id).await;
+    let failed = agent.pause(id).await;
     chattr("-i");
     let err = failed.expect_err("pause into an immutable folder");
     assert!(
@@ -390,8 +365,8 @@ async fn a_pause_that_fails_midway_leaves_the_sandbox_running() {
         "the guest stayed frozen"
     );
     // And the next pause works.
-    pause(&agent, id).await.expect("pause after the failure");
-    resume(&agent, id).await.expect("resume");
+    agent.pause(id).await.expect("pause after the failure");
+    agent.resume(id).await.expect("resume");
     assert!(counter(&agent, id).await >= before);
     agent.destroy(id).await;
 }
@@ -402,7 +377,7 @@ async fn a_damaged_snapshot_is_refused() {
     let agent = Agent::start("243-245");
     let id = "cl-snap-damaged";
     agent.create(id, 256).await;
-    pause(&agent, id).await.expect("pause");
+    agent.pause(id).await.expect("pause");
     let memory = sandbox_dir(&agent, id).join("memory.raw");
     let at = data_offset(&memory, 4096 * 7 + 100);
     let mut f = std::fs::OpenOptions::new()
@@ -417,7 +392,8 @@ async fn a_damaged_snapshot_is_refused() {
     f.write_all(&[b[0] ^ 0x5a]).expect("flip");
     drop(f);
 
-    let err = resume(&agent, id)
+    let err = agent
+        .resume(id)
         .await
         .expect_err("resume of a damaged snapshot");
     assert_eq!(err.code.as_str(), "data_loss", "{err:?}");
@@ -523,7 +499,7 @@ async fn a_template_serves_many_sandboxes() {
     );
 
     // A template from a paused sandbox; the source stays paused.
-    pause(&agent, "cl-snap-child-b").await.expect("pause child");
+    agent.pause("cl-snap-child-b").await.expect("pause child");
     let _: pb::CreateSnapshotResponse = agent
         .call(
             "CreateSnapshot",
@@ -598,7 +574,7 @@ async fn an_idle_sandbox_is_paused_not_destroyed() {
     .await;
     assert_eq!(list.auto_paused_sandbox_ids, vec![id.to_string()]);
     assert!(list.ttl_destroyed_sandbox_ids.is_empty());
-    resume(&agent, id).await.expect("resume");
+    agent.resume(id).await.expect("resume");
     assert_eq!(stdout(&agent.exec(id, "cat /home/user/idle").await), "idle");
     assert!(agent.list().await.auto_paused_sandbox_ids.is_empty());
     agent.destroy(id).await;

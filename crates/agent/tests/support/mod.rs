@@ -127,6 +127,26 @@ impl Agent {
             .unwrap_or_else(|e| panic!("destroy {id}: {e:?}"));
     }
 
+    pub async fn pause(&self, id: &str) -> Result<(), wrenn_protocol::connect::Error> {
+        let req = pb::PauseSandboxRequest {
+            sandbox_id: id.into(),
+        };
+        self.call::<_, pb::PauseSandboxResponse>("PauseSandbox", &req)
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn resume(
+        &self,
+        id: &str,
+    ) -> Result<pb::ResumeSandboxResponse, wrenn_protocol::connect::Error> {
+        let req = pb::ResumeSandboxRequest {
+            sandbox_id: id.into(),
+            ..Default::default()
+        };
+        self.call("ResumeSandbox", &req).await
+    }
+
     pub async fn list(&self) -> pb::ListSandboxesResponse {
         self.call("ListSandboxes", &pb::ListSandboxesRequest {})
             .await
