@@ -27,7 +27,9 @@ async fn start_counter(agent: &Agent, id: &str) {
     let out = agent
         .exec(
             id,
-            "setsid sh -c 'i=0; while :; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.1; done' \
+            // Written aside and renamed, so a read never sees the file truncated and empty.
+            "setsid sh -c 'i=0; while :; do i=$((i+1)); echo $i > /tmp/counter.new; \
+             mv /tmp/counter.new /tmp/counter; sleep 0.1; done' \
              >/dev/null 2>&1 < /dev/null & sleep 0.5; cat /tmp/counter",
         )
         .await;

@@ -40,8 +40,8 @@ pub enum Durability {
 }
 
 /// Copies `src` into `dst`, which must already exist with `src`'s length and hold only holes (a
-/// file just created and sized). Nothing is truncated, so a reader that mapped `dst` early (a VMM
-/// restoring from it while the copy runs) never sees it shrink. Not synced.
+/// file just created and sized, so it can be handed to a VMM's command line before the copy
+/// ends). Nothing is truncated and nothing is synced.
 pub fn copy_sparse_into_sized(src: &Path, dst: &Path) -> Result<(), SnapshotError> {
     let from = File::open(src).map_err(io_at(src))?;
     let len = from.metadata().map_err(io_at(src))?.len();

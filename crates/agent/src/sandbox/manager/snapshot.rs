@@ -462,8 +462,8 @@ impl SandboxManager {
             // The guest writes into its RAM file and disk, so both are the sandbox's own copies;
             // the template stays read-only and serves any number of sandboxes.
             // The disk (the guest's writes since the base image: usually small) is copied first;
-            // the RAM file is created at its full size and filled while the network and the VMM
-            // come up, and the guest only runs once it is complete.
+            // the RAM file is created at its full size and filled while the network comes up,
+            // and the VMM only loads the snapshot once it is complete.
             let disk = (
                 tdir.join(&manifest.disk_file),
                 dir.join(&manifest.disk_file),
@@ -539,7 +539,7 @@ impl SandboxManager {
     /// Starts `record`'s VM from the snapshot in `snap_dir` with `run_dir` as its folder, thaws
     /// it, brings envd back and registers the sandbox as running. Before the guest runs, any
     /// failure leaves the snapshot untouched. `preparing` is work (copying the RAM file) that
-    /// must finish before the guest runs, but may overlap starting the VMM.
+    /// must finish before the VMM loads the snapshot, but may overlap the network setup.
     async fn boot_from_snapshot(
         self: &Arc<Self>,
         mut record: SandboxRecord,
@@ -649,6 +649,20 @@ impl SandboxManager {
             }
             RestoreMemory::SharedFile => None,
         };
+        // The RAM file must be complete before the VMM loads device state: QEMU reads the
+        // virtqueues' indices from guest memory while loading, and a half-copied file gives it
+        // zeros (a dead network card). So the copy overlaps the network setup only.
+        if let Some(task) = preparing {
+            let copied = match task.await {
+                Ok(r) => r,
+                Err(e) => Err(AgentError::Internal(format!("copy task failed: {e}"))),
+            };
+            if let Err(e) = copied {
+                drop(page_server);
+                release_network(self.clone()).await;
+                return Err(e);
+            }
+        }
         let restored_in = Instant::now();
         let vm = match self.vmm.restore(&spec, &restore_source).await {
             Ok(vm) => vm,
@@ -674,13 +688,6 @@ impl SandboxManager {
         let verified = match verify.await {
             Ok(r) => r.map_err(AgentError::from),
             Err(e) => Err(AgentError::Internal(format!("checksum task failed: {e}"))),
-        };
-        let verified = match (verified, preparing) {
-            (Ok(()), Some(task)) => match task.await {
-                Ok(r) => r,
-                Err(e) => Err(AgentError::Internal(format!("copy task failed: {e}"))),
-            },
-            (other, _) => other,
         };
         let verify_wait_ms = verifying.elapsed().as_millis() as u64;
         if let Err(e) = verified {
@@ -741,7 +748,17 @@ impl SandboxManager {
         if let Err(e) = init {
             let tail = super::serial_tail(&vm.serial_log, 20);
             tracing::error!(sandbox = %id, error = %e, serial = %tail, "restored guest's envd did not come back; destroying it");
-            let _ = self.destroy(&id).await;
+            // Not `destroy`: a resume holds this sandbox's lifecycle lock already. The guest
+            // ran, so its snapshot is spent; the sandbox is gone, paused entry included.
+            sandbox.tasks.cancel();
+            write(&self.boxes).remove(&id);
+            write(&self.paused).remove(&id);
+            if let Err(e) = self
+                .teardown(&id, Some(&vm), Some(slot), run_dir, Some(source_ip))
+                .await
+            {
+                tracing::error!(sandbox = %id, error = %e, "cleaning up a failed restore");
+            }
             return Err(AgentError::Vmm(format!(
                 "the restored guest did not answer: {}",
                 error_chain(&e)
