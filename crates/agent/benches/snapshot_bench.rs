@@ -1,7 +1,8 @@
 //! Pause and resume figures on this machine, for 256 MiB and 1 GiB guests: pause time, snapshot
-//! size on disk, resume-to-first-exec, and create-from-template against a cold boot (both to the
-//! first exec). Medians of `RUNS`; each guest also has `BUSY_FRACTION` of its RAM dirtied by a
-//! process before the measurements, so the snapshot holds more than a fresh boot's pages.
+//! size on disk, resume-to-first-exec, and create-from-template (with the template's spare RAM
+//! file ready, and without) against a cold boot, all to the first exec. Medians of `RUNS`; each
+//! guest also has `BUSY_FRACTION` of its RAM dirtied by a process before the measurements, so the
+//! snapshot holds more than a fresh boot's pages.
 //!
 //! `cargo bench -p wrenn-agent --bench snapshot_bench` (as root, with the guest image built).
 
@@ -120,6 +121,8 @@ async fn one_size(agent: &Agent, memory_mb: i32, tag: &str) {
     .await;
     let mut from_template = Vec::new();
     for i in 0..RUNS {
+        // Creates spaced out as by users: the spare RAM file copied ahead is ready.
+        tokio::time::sleep(Duration::from_secs(1)).await;
         let child = format!("bench-child-{tag}-{i}");
         let t = Instant::now();
         let _: pb::CreateSandboxResponse = call(
@@ -135,6 +138,35 @@ async fn one_size(agent: &Agent, memory_mb: i32, tag: &str) {
         first_exec(agent, &child).await;
         from_template.push(t.elapsed().as_secs_f64() * 1000.0);
         agent.destroy(&child).await;
+    }
+    // A burst: two creates back to back, so the second finds no spare ready and copies the RAM
+    // file itself (while the refill for the first competes with it).
+    let mut burst = Vec::new();
+    for i in 0..RUNS {
+        let (first, second) = (
+            format!("bench-burst-{tag}-{i}a"),
+            format!("bench-burst-{tag}-{i}b"),
+        );
+        let mut t = Instant::now();
+        for child in [&first, &second] {
+            t = Instant::now();
+            let _: pb::CreateSandboxResponse = call(
+                agent,
+                "CreateSandbox",
+                &pb::CreateSandboxRequest {
+                    sandbox_id: child.clone(),
+                    template_id: template.clone(),
+                    ..Default::default()
+                },
+            )
+            .await;
+        }
+        first_exec(agent, &second).await;
+        burst.push(t.elapsed().as_secs_f64() * 1000.0);
+        agent.destroy(&first).await;
+        agent.destroy(&second).await;
+        // Let the spare for the next round be copied.
+        tokio::time::sleep(Duration::from_secs(2)).await;
     }
     let _: pb::DeleteSnapshotResponse = call(
         agent,
@@ -184,6 +216,10 @@ async fn one_size(agent: &Agent, memory_mb: i32, tag: &str) {
         median(after_resume_exec)
     );
     println!("  create from template       median {tpl_ms:7.0} ms  (runs: {from_template:.0?})");
+    println!(
+        "    with no spare ready      median {:7.0} ms  (the second of two creates back to back: it copies the RAM file itself)",
+        median(burst)
+    );
     println!("  cold boot to first exec    median {cold_ms:7.0} ms");
     println!(
         "  speed-up vs cold boot      resume {:.1}x, from template {:.1}x",

@@ -5,6 +5,7 @@
 mod support;
 
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use support::{Agent, eventually, slot_leftovers, slot_of, vms_under};
@@ -457,6 +458,16 @@ async fn a_template_serves_many_sandboxes() {
         "already_exists"
     );
 
+    // A spare copy of the template's RAM file is made ahead for each next sandbox.
+    let tdir = agent.data_dir.join("templates").join("tpl-1");
+    let spare_ino = || async {
+        eventually(Duration::from_secs(20), "a spare RAM file", || {
+            let meta = std::fs::metadata(tdir.join("spare-memory.raw")).ok();
+            async move { meta.map(|m| m.ino()) }
+        })
+        .await
+    };
+    let mut spare = spare_ino().await;
     for child in ["cl-snap-child-a", "cl-snap-child-b"] {
         let req = pb::CreateSandboxRequest {
             sandbox_id: child.into(),
@@ -482,6 +493,9 @@ async fn a_template_serves_many_sandboxes() {
         agent
             .exec(child, &format!("echo {child} > /home/user/who"))
             .await;
+        let ram = std::fs::metadata(sandbox_dir(&agent, child).join("memory.raw")).expect("ram");
+        assert_eq!(ram.ino(), spare, "{child} did not get the spare RAM file");
+        spare = spare_ino().await;
     }
     // Independent copies.
     assert_eq!(
@@ -540,6 +554,12 @@ async fn a_template_serves_many_sandboxes() {
         )
         .await;
     assert_eq!(gone.expect_err("deleted twice").code.as_str(), "not_found");
+    let left: Vec<_> = std::fs::read_dir(agent.data_dir.join("templates"))
+        .expect("templates folder")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "deleted templates left {left:?}");
     // Sandboxes made from a template outlive it.
     assert_eq!(
         stdout(&agent.exec("cl-snap-child-a", "cat /home/user/t").await),

@@ -197,6 +197,31 @@ async fn snapshot_prepare_closes_idle_connections_and_restore_closes_old_ones() 
 }
 
 #[tokio::test]
+async fn snapshot_prepare_takes_a_page_cache_option_and_rejects_bad_values() {
+    let envd = Envd::start().await;
+    let http = envd.http();
+    for query in ["?drop_page_cache=false", "?drop_page_cache=true"] {
+        let r = http
+            .post(envd.url(&format!("/snapshot/prepare{query}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204, "{query}");
+    }
+    let r = http
+        .post(envd.url("/snapshot/prepare?drop_page_cache=maybe"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        body.to_string().contains("drop_page_cache"),
+        "the error names the parameter: {body}"
+    );
+}
+
+#[tokio::test]
 async fn h2c_clients_are_served() {
     let envd = Envd::start().await;
     let client = wrenn_protocol::connect::ConnectClient::new_h2c(&envd.base);

@@ -239,11 +239,19 @@ impl EnvdClient {
         }
     }
 
-    /// `POST /snapshot/prepare` before a pause (best effort, bounded).
-    pub async fn snapshot_prepare(&self, timeout: Duration) -> AgentResult<()> {
-        let (status, answer) = self
-            .call(Method::POST, "/snapshot/prepare", Bytes::new(), timeout)
-            .await?;
+    /// `POST /snapshot/prepare` before a pause (best effort, bounded). `drop_page_cache` is
+    /// worth it only when freed guest pages leave the snapshot.
+    pub async fn snapshot_prepare(
+        &self,
+        timeout: Duration,
+        drop_page_cache: bool,
+    ) -> AgentResult<()> {
+        let path = if drop_page_cache {
+            "/snapshot/prepare"
+        } else {
+            "/snapshot/prepare?drop_page_cache=false"
+        };
+        let (status, answer) = self.call(Method::POST, path, Bytes::new(), timeout).await?;
         if status.is_success() {
             Ok(())
         } else {

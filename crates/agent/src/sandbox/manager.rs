@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 mod page_server;
 mod reaper;
 mod snapshot;
+mod template_spare;
 #[cfg(test)]
 mod test_support;
 
@@ -186,6 +187,8 @@ pub struct SandboxManager {
     ttl_destroyed: RecentIds,
     /// Sandboxes the reaper is working on, so a slow pause is not started twice.
     reaping: Mutex<std::collections::HashSet<String>>,
+    /// Templates whose spare RAM file is being copied (see `template_spare`).
+    spare_refills: Mutex<std::collections::HashSet<String>>,
     on_destroy: RwLock<Vec<DestroyHook>>,
     shutdown: CancellationToken,
 }
@@ -233,6 +236,7 @@ impl SandboxManager {
             auto_paused: RecentIds::default(),
             ttl_destroyed: RecentIds::default(),
             reaping: Mutex::new(Default::default()),
+            spare_refills: Mutex::new(Default::default()),
             on_destroy: RwLock::new(Vec::new()),
             shutdown: CancellationToken::new(),
         })
@@ -601,6 +605,7 @@ impl SandboxManager {
     pub async fn recover(self: &Arc<Self>) -> AgentResult<RecoveryReport> {
         let mut report = RecoveryReport::default();
         self.network.prepare_host().await?;
+        self.sweep_template_spares();
         let root = self.cfg.layout.sandboxes();
         std::fs::create_dir_all(&root).map_err(|e| AgentError::io(&root, e))?;
         let entries = std::fs::read_dir(&root).map_err(|e| AgentError::io(&root, e))?;

@@ -6,7 +6,8 @@ use crate::error::{EnvdError, Result};
 use crate::state::SharedState;
 use crate::user::Account;
 use axum::Json;
-use axum::extract::State;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -220,17 +221,35 @@ async fn apply_init(state: &SharedState, req: InitRequest) -> Result<()> {
     Ok(())
 }
 
+/// `/snapshot/prepare` options; upstream sends none.
+#[derive(Debug, Deserialize)]
+pub struct PrepareQuery {
+    /// Dropping the page cache shrinks a snapshot only when freed guest pages leave it (a
+    /// balloon, or a VMM that writes memory itself). With QEMU's shared RAM file they stay, so
+    /// the host agent turns it off there and the guest keeps its warm cache.
+    #[serde(default = "default_true")]
+    drop_page_cache: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
 /// Quiesces envd before the VM is frozen.
-pub async fn snapshot_prepare(State(state): State<SharedState>) -> Response {
+pub async fn snapshot_prepare(
+    State(state): State<SharedState>,
+    query: std::result::Result<Query<PrepareQuery>, QueryRejection>,
+) -> Result<Response> {
+    let Query(q) = query.map_err(|e| EnvdError::InvalidArgument(e.body_text()))?;
     state.ports.stop().await;
     let closing = state.conns.prepare();
     state.needs_restore.store(true, Ordering::Release);
-    if state.settings.in_vm {
+    if state.settings.in_vm && q.drop_page_cache {
         crate::guest::drop_page_cache();
     }
     tokio::task::spawn_blocking(nix::unistd::sync).await.ok();
     tracing::info!(closing_connections = closing, "prepared for snapshot");
-    no_store(StatusCode::NO_CONTENT.into_response())
+    Ok(no_store(StatusCode::NO_CONTENT.into_response()))
 }
 
 #[cfg(test)]

@@ -5,12 +5,14 @@
 //! place; Firecracker: build files from the page-server format) with its checksummed
 //! `memory.header`, and last, written atomically, `snapshot.json`. That manifest is the commit
 //! point: a snapshot without it is incomplete and never resumed. A template is the same set of
-//! files, copied into `templates/<template id>/` with `template.json`.
+//! files, copied into `templates/<template id>/` with `template.json` (and for QEMU a spare copy
+//! of its RAM file, see `template_spare`).
 //!
 //! Pause order (seed 004): refuse new operations → drain the proxy (grace, then force-close) →
-//! envd `/snapshot/prepare` (ports quiesced, idle connections closed, page cache dropped, sync) →
-//! balloon → freeze vCPUs → save device state → checksum memory → commit → stop the VMM →
-//! release network and slot. Any failure after the freeze thaws the VM: nothing is lost.
+//! envd `/snapshot/prepare` (ports quiesced, idle connections closed, page cache dropped unless
+//! the RAM is a shared file, sync) → balloon → freeze vCPUs → save device state → checksum
+//! memory → commit → stop the VMM → release network and slot. Any failure after the freeze thaws
+//! the VM: nothing is lost.
 //!
 //! Resume: fresh slot (the guest keeps its fixed address, so a snapshot restores into any
 //! namespace) → new VMM from the snapshot, guest frozen, checksums verified meanwhile → thaw →
@@ -221,7 +223,8 @@ impl SandboxManager {
         }
         report.drain = t.elapsed();
         let t = Instant::now();
-        if let Err(e) = sb.envd.snapshot_prepare(PREPARE_TIMEOUT).await {
+        let drop_cache = self.drop_guest_page_cache();
+        if let Err(e) = sb.envd.snapshot_prepare(PREPARE_TIMEOUT, drop_cache).await {
             // Best effort: the restore path closes stale connections either way.
             tracing::warn!(sandbox = %id, error = %e, "envd snapshot prepare failed; pausing anyway");
         }
@@ -242,6 +245,13 @@ impl SandboxManager {
             return Err(e);
         }
         Ok(())
+    }
+
+    /// Whether envd should drop the guest's page cache before a snapshot. With a shared RAM file
+    /// (QEMU) the freed pages stay in the file, so dropping only makes the first commands after
+    /// a resume reload their binaries from disk.
+    fn drop_guest_page_cache(&self) -> bool {
+        self.vmm.memory_snapshot() == MemorySnapshot::VmmWritten
     }
 
     /// Inflates the balloon to leave the guest what it uses plus headroom, so the snapshot holds
@@ -473,18 +483,19 @@ impl SandboxManager {
                     .map_err(AgentError::from)
             })
             .await?;
-            let memory_copy = if manifest.vmm == VmmKind::Qemu {
-                let (from, to) = (tdir.join(MEMORY_FILE), dir.join(MEMORY_FILE));
-                let len = std::fs::metadata(&from).map_err(io(&from))?.len();
-                std::fs::File::create(&to)
-                    .and_then(|f| f.set_len(len))
-                    .map_err(io(&to))?;
-                Some(tokio::task::spawn_blocking(move || {
-                    store::copy_sparse_into_sized(&from, &to).map_err(AgentError::from)
-                }))
-            } else {
-                None
-            };
+            let (from, to) = (tdir.join(MEMORY_FILE), dir.join(MEMORY_FILE));
+            let memory_copy =
+                if manifest.vmm == VmmKind::Qemu && !Self::take_spare_memory(&tdir, &to) {
+                    let len = std::fs::metadata(&from).map_err(io(&from))?.len();
+                    std::fs::File::create(&to)
+                        .and_then(|f| f.set_len(len))
+                        .map_err(io(&to))?;
+                    Some(tokio::task::spawn_blocking(move || {
+                        store::copy_sparse_into_sized(&from, &to).map_err(AgentError::from)
+                    }))
+                } else {
+                    None
+                };
             let mut default_env = manifest.default_env.clone();
             default_env.extend(req.default_env.clone());
             let record = SandboxRecord {
@@ -526,6 +537,7 @@ impl SandboxManager {
         .await;
         match result {
             Ok(sb) => {
+                self.refill_spare_memory(&req.template_id);
                 tracing::info!(sandbox = %id, template = %req.template_id, total_ms = started.elapsed().as_millis() as u64, "sandbox created from a template");
                 Ok(sb)
             }
@@ -784,7 +796,11 @@ impl SandboxManager {
 
     /// Copies a sandbox's state into template `template_id`. A running sandbox is frozen for the
     /// copy and keeps running; a paused one stays paused. Returns the template's size on disk.
-    pub async fn create_template(&self, sandbox_id: &str, template_id: &str) -> AgentResult<u64> {
+    pub async fn create_template(
+        self: &Arc<Self>,
+        sandbox_id: &str,
+        template_id: &str,
+    ) -> AgentResult<u64> {
         validate_sandbox_id(template_id)
             .map_err(|e| AgentError::InvalidArgument(format!("template id: {e}")))?;
         let tdir = self.template_dir(template_id);
@@ -806,6 +822,10 @@ impl SandboxManager {
             std::fs::rename(&staging, &tdir).map_err(io(&tdir))?;
             Ok(allocated_in(&tdir, &[]))
         });
+        if result.is_ok() {
+            // So that even the first sandbox made from it need not copy the RAM file.
+            self.refill_spare_memory(template_id);
+        }
         if result.is_err() {
             let _ = std::fs::remove_dir_all(&staging);
         }
@@ -828,7 +848,8 @@ impl SandboxManager {
             if let Some(gate) = self.traffic_gate() {
                 gate.drain(sandbox_id, DRAIN_GRACE).await;
             }
-            if let Err(e) = sb.envd.snapshot_prepare(PREPARE_TIMEOUT).await {
+            let drop_cache = self.drop_guest_page_cache();
+            if let Err(e) = sb.envd.snapshot_prepare(PREPARE_TIMEOUT, drop_cache).await {
                 tracing::warn!(sandbox = %sandbox_id, error = %e, "envd snapshot prepare failed; snapshotting anyway");
             }
             let record = sb.record();
@@ -857,17 +878,17 @@ impl SandboxManager {
     pub fn delete_template(&self, template_id: &str) -> AgentResult<()> {
         validate_sandbox_id(template_id)
             .map_err(|e| AgentError::InvalidArgument(format!("template id: {e}")))?;
-        let dir = self.template_dir(template_id);
-        match std::fs::remove_dir_all(&dir) {
-            Ok(()) => {
-                crate::image::unpin(self.cfg.layout.images(), &template_pin(template_id));
-                Ok(())
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(AgentError::SandboxNotFound(
-                format!("template {template_id}"),
-            )),
-            Err(e) => Err(AgentError::io(&dir, e)),
+        let Some(retired) = self.retire_template_dir(template_id)? else {
+            return Err(AgentError::SandboxNotFound(format!(
+                "template {template_id}"
+            )));
+        };
+        crate::image::unpin(self.cfg.layout.images(), &template_pin(template_id));
+        // The template is gone from its path; leftovers are swept at the next start.
+        if let Err(e) = std::fs::remove_dir_all(&retired) {
+            tracing::warn!(template = %template_id, error = %e, "could not remove a deleted template's files");
         }
+        Ok(())
     }
 
     // -----------------------------------------------------------------------------------------
