@@ -51,6 +51,19 @@ async fn first_exec(agent: &Agent, id: &str) {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ready");
 }
 
+async fn create_from_template(agent: &Agent, id: &str, template: &str) {
+    let _: pb::CreateSandboxResponse = call(
+        agent,
+        "CreateSandbox",
+        &pb::CreateSandboxRequest {
+            sandbox_id: id.into(),
+            template_id: template.into(),
+            ..Default::default()
+        },
+    )
+    .await;
+}
+
 async fn one_size(agent: &Agent, memory_mb: i32, tag: &str) {
     // Cold boots: create to first exec.
     let mut cold = Vec::new();
@@ -125,16 +138,7 @@ async fn one_size(agent: &Agent, memory_mb: i32, tag: &str) {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let child = format!("bench-child-{tag}-{i}");
         let t = Instant::now();
-        let _: pb::CreateSandboxResponse = call(
-            agent,
-            "CreateSandbox",
-            &pb::CreateSandboxRequest {
-                sandbox_id: child.clone(),
-                template_id: template.clone(),
-                ..Default::default()
-            },
-        )
-        .await;
+        create_from_template(agent, &child, &template).await;
         first_exec(agent, &child).await;
         from_template.push(t.elapsed().as_secs_f64() * 1000.0);
         agent.destroy(&child).await;
@@ -147,20 +151,9 @@ async fn one_size(agent: &Agent, memory_mb: i32, tag: &str) {
             format!("bench-burst-{tag}-{i}a"),
             format!("bench-burst-{tag}-{i}b"),
         );
-        let mut t = Instant::now();
-        for child in [&first, &second] {
-            t = Instant::now();
-            let _: pb::CreateSandboxResponse = call(
-                agent,
-                "CreateSandbox",
-                &pb::CreateSandboxRequest {
-                    sandbox_id: child.clone(),
-                    template_id: template.clone(),
-                    ..Default::default()
-                },
-            )
-            .await;
-        }
+        create_from_template(agent, &first, &template).await;
+        let t = Instant::now();
+        create_from_template(agent, &second, &template).await;
         first_exec(agent, &second).await;
         burst.push(t.elapsed().as_secs_f64() * 1000.0);
         agent.destroy(&first).await;
