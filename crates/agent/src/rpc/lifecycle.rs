@@ -209,6 +209,7 @@ pub async fn delete_snapshot(
 ) -> RpcResult<pb::DeleteSnapshotResponse> {
     st.manager
         .delete_template(&req.template_id)
+        .await
         .map_err(rpc_err)?;
     Ok(pb::DeleteSnapshotResponse {})
 }

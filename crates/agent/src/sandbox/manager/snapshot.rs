@@ -874,8 +874,9 @@ impl SandboxManager {
         result
     }
 
-    /// Removes template `template_id` from this host.
-    pub fn delete_template(&self, template_id: &str) -> AgentResult<()> {
+    /// Removes template `template_id` from this host. Its files are gone when this returns,
+    /// unless a spare copy outlives the wait (then that copy removes them when it ends).
+    pub async fn delete_template(self: &Arc<Self>, template_id: &str) -> AgentResult<()> {
         validate_sandbox_id(template_id)
             .map_err(|e| AgentError::InvalidArgument(format!("template id: {e}")))?;
         let Some(retired) = self.retire_template_dir(template_id)? else {
@@ -884,9 +885,26 @@ impl SandboxManager {
             )));
         };
         crate::image::unpin(self.cfg.layout.images(), &template_pin(template_id));
+        let mgr = self.clone();
+        let id = template_id.to_string();
+        let removed = tokio::task::spawn_blocking(move || {
+            // A spare being copied writes into the retired folder until it ends.
+            mgr.wait_for_spare_refill(&id, Duration::from_secs(30));
+            match std::fs::remove_dir_all(&retired) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            }
+        })
+        .await;
         // The template is gone from its path; leftovers are swept at the next start.
-        if let Err(e) = std::fs::remove_dir_all(&retired) {
-            tracing::warn!(template = %template_id, error = %e, "could not remove a deleted template's files");
+        match removed {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(template = %template_id, error = %e, "could not remove a deleted template's files")
+            }
+            Err(e) => {
+                tracing::warn!(template = %template_id, error = %e, "the removal of a deleted template's files failed")
+            }
         }
         Ok(())
     }

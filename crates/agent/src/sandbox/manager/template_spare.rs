@@ -19,7 +19,7 @@ use crate::vmm::MemorySnapshot;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// The ready spare in a template's folder.
 const SPARE_MEMORY: &str = "spare-memory.raw";
@@ -53,6 +53,7 @@ impl SandboxManager {
         {
             return;
         }
+        let trash = self.retired_template_dir(template_id);
         let mgr = self.clone();
         let id = template_id.to_string();
         let spawned = std::thread::Builder::new()
@@ -60,7 +61,7 @@ impl SandboxManager {
             .spawn(move || {
                 lower_this_threads_priority();
                 let started = Instant::now();
-                match make_spare(&dir) {
+                match make_spare(&dir, &trash) {
                     Ok(()) => tracing::debug!(template = %id, ms = started.elapsed().as_millis() as u64, "spare RAM file ready"),
                     Err(e) => tracing::debug!(template = %id, error = %e, "no spare RAM file"),
                 }
@@ -77,17 +78,29 @@ impl SandboxManager {
     /// to remove; `Ok(None)` when the template does not exist.
     pub(super) fn retire_template_dir(&self, template_id: &str) -> AgentResult<Option<PathBuf>> {
         let dir = self.template_dir(template_id);
-        let trash = self
-            .cfg
-            .layout
-            .templates()
-            .join(format!(".{template_id}{DELETING_SUFFIX}"));
+        let trash = self.retired_template_dir(template_id);
         let _ = std::fs::remove_dir_all(&trash);
         match std::fs::rename(&dir, &trash) {
             Ok(()) => Ok(Some(trash)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(AgentError::io(&dir, e)),
         }
+    }
+
+    /// Blocks until no spare of `template_id` is being copied, or `limit` has passed.
+    pub(super) fn wait_for_spare_refill(&self, template_id: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while lock(&self.spare_refills).contains(template_id) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Where [`Self::retire_template_dir`] moves a template's folder.
+    fn retired_template_dir(&self, template_id: &str) -> PathBuf {
+        self.cfg
+            .layout
+            .templates()
+            .join(format!(".{template_id}{DELETING_SUFFIX}"))
     }
 
     /// At start: removes every spare (written without fsync) and folders left mid-deletion.
@@ -112,9 +125,19 @@ impl SandboxManager {
 
 /// Copies the template's RAM file to a partial spare and renames it into place, all relative
 /// to one open handle of the folder: if the folder is renamed away meanwhile, the spare goes
-/// with it.
-fn make_spare(template_dir: &Path) -> AgentResult<()> {
+/// with it. A delete that ran meanwhile may have failed to remove the folder because of the
+/// spare, so when the folder was retired, the spare is removed and the folder with it.
+fn make_spare(template_dir: &Path, retired_dir: &Path) -> AgentResult<()> {
     let handle = std::fs::File::open(template_dir).map_err(|e| AgentError::io(template_dir, e))?;
+    make_spare_in(&handle, template_dir, retired_dir)
+}
+
+/// [`make_spare`] with the folder's handle already open.
+fn make_spare_in(
+    handle: &std::fs::File,
+    template_dir: &Path,
+    retired_dir: &Path,
+) -> AgentResult<()> {
     let at = PathBuf::from(format!("/proc/self/fd/{}", handle.as_raw_fd()));
     let partial = at.join(SPARE_PARTIAL);
     let _ = std::fs::remove_file(&partial);
@@ -127,7 +150,31 @@ fn make_spare(template_dir: &Path) -> AgentResult<()> {
     if copied.is_err() {
         let _ = std::fs::remove_file(&partial);
     }
+    if !is_same_dir(handle, template_dir) {
+        let _ = std::fs::remove_file(at.join(SPARE_MEMORY));
+        // Only the folder this handle holds: a later delete of a same-named template may own
+        // the retired path by now, and removes it itself.
+        if is_same_dir(handle, retired_dir) {
+            let _ = std::fs::remove_dir_all(retired_dir);
+        }
+        return Err(AgentError::io(
+            template_dir,
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "the template was deleted while its spare was copied",
+            ),
+        ));
+    }
     copied
+}
+
+/// True when `path` names the directory `handle` has open.
+fn is_same_dir(handle: &std::fs::File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (handle.metadata(), std::fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
 }
 
 /// A spare is only ever a head start: it must not slow guests or RPCs down. On Linux the nice
@@ -144,7 +191,6 @@ fn lower_this_threads_priority() {
 mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
-    use std::time::Duration;
 
     fn template_with_ram(mgr: &SandboxManager, id: &str, ram: &[u8]) -> PathBuf {
         let dir = mgr.template_dir(id);
@@ -187,15 +233,15 @@ mod tests {
         assert_eq!(std::fs::read(dir.join(MEMORY_FILE)).expect("ram"), ram);
     }
 
-    #[test]
-    fn a_deleted_template_leaves_nothing_and_a_same_named_one_gets_no_stale_spare() {
+    #[tokio::test]
+    async fn a_deleted_template_leaves_nothing_and_a_same_named_one_gets_no_stale_spare() {
         let data = tempfile::tempdir().expect("tempdir");
         let (mgr, _) = crate::testing::fake_manager(data.path());
         let old = vec![1u8; 8 * 1024 * 1024];
         template_with_ram(&mgr, "tpl", &old);
         mgr.refill_spare_memory("tpl");
         // Deleted while its spare may still be being copied, then made again with new RAM.
-        mgr.delete_template("tpl").expect("delete");
+        mgr.delete_template("tpl").await.expect("delete");
         let new = vec![2u8; 4096];
         let dir = template_with_ram(&mgr, "tpl", &new);
         wait_for_refills(&mgr);
@@ -209,6 +255,26 @@ mod tests {
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .collect();
         assert_eq!(names, vec!["tpl".to_string()]);
+    }
+
+    #[test]
+    fn a_spare_copied_into_a_retired_folder_removes_the_folder() {
+        let data = tempfile::tempdir().expect("tempdir");
+        let (mgr, _) = crate::testing::fake_manager(data.path());
+        let dir = template_with_ram(&mgr, "tpl", &[3u8; 64 * 1024]);
+        // The copy has opened the folder when the delete moves it away and, say, fails to
+        // remove it because the partial spare appeared mid-removal.
+        let handle = std::fs::File::open(&dir).expect("handle");
+        let retired = mgr
+            .retire_template_dir("tpl")
+            .expect("retire")
+            .expect("retired");
+        assert!(make_spare_in(&handle, &dir, &retired).is_err());
+        assert!(
+            !retired.exists(),
+            "the retired folder outlived its spare copy"
+        );
+        assert!(!dir.exists());
     }
 
     #[test]
