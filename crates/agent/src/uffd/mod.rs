@@ -51,7 +51,8 @@ pub use source::{PageContent, PageSource};
 pub type FatalCallback = Box<dyn FnOnce(String) + Send + 'static>;
 
 /// Tuning of a [`PageServer`]. The defaults suit a Firecracker restore.
-pub struct PageServerOptions {
+#[derive(Debug, Clone, Copy)]
+pub struct PageServerTuning {
     /// How long Firecracker gets to connect and finish the handshake after `start`.
     pub connect_timeout: Duration,
     /// A page fault still unresolved after this long is fatal.
@@ -69,12 +70,18 @@ pub struct PageServerOptions {
     /// First retry backoff; it grows ×4 per retry up to `retry_backoff_max`.
     pub retry_backoff: Duration,
     pub retry_backoff_max: Duration,
+}
+
+/// How a [`PageServer`] runs, and what it calls when it gives up.
+#[derive(Default)]
+pub struct PageServerOptions {
+    pub tuning: PageServerTuning,
     pub on_fatal: Option<FatalCallback>,
 }
 
-impl Default for PageServerOptions {
+impl Default for PageServerTuning {
     fn default() -> Self {
-        PageServerOptions {
+        PageServerTuning {
             connect_timeout: Duration::from_secs(10),
             fault_deadline: Duration::from_secs(10),
             workers: 4,
@@ -84,7 +91,6 @@ impl Default for PageServerOptions {
             read_retries: 3,
             retry_backoff: Duration::from_millis(50),
             retry_backoff_max: Duration::from_millis(500),
-            on_fatal: None,
         }
     }
 }
@@ -92,15 +98,7 @@ impl Default for PageServerOptions {
 impl std::fmt::Debug for PageServerOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PageServerOptions")
-            .field("connect_timeout", &self.connect_timeout)
-            .field("fault_deadline", &self.fault_deadline)
-            .field("workers", &self.workers)
-            .field("queue_depth", &self.queue_depth)
-            .field("prefetch", &self.prefetch)
-            .field("prefetch_chunk", &self.prefetch_chunk)
-            .field("read_retries", &self.read_retries)
-            .field("retry_backoff", &self.retry_backoff)
-            .field("retry_backoff_max", &self.retry_backoff_max)
+            .field("tuning", &self.tuning)
             .field("on_fatal", &self.on_fatal.is_some())
             .finish()
     }

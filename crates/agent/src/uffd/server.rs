@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use super::regions::{BASE_PAGE, GuestRegion, PageBits, RegionTable, validate_regions};
 use super::stop::StopSignal;
 use super::{
-    EventCounts, FatalCallback, PageServerOptions, PageServerStats, PageSource, handshake,
+    EventCounts, FatalCallback, PageServerOptions, PageServerStats, PageServerTuning, PageSource,
+    handshake,
 };
 use crate::error::{AgentError, AgentResult};
 
@@ -77,39 +78,21 @@ pub(super) fn bump(counter: &AtomicU64, by: u64) {
     counter.fetch_add(by, Ordering::Relaxed);
 }
 
-/// [`PageServerOptions`] without the callback (which is not `Sync`), normalised.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Tuning {
-    pub connect_timeout: Duration,
-    pub fault_deadline: Duration,
-    pub workers: usize,
-    pub queue_depth: usize,
-    pub prefetch: bool,
-    pub prefetch_chunk: u64,
-    pub read_retries: u32,
-    pub retry_backoff: Duration,
-    pub retry_backoff_max: Duration,
-}
-
-impl Tuning {
-    fn new(opts: &PageServerOptions) -> Self {
-        Tuning {
-            connect_timeout: opts.connect_timeout,
-            fault_deadline: opts.fault_deadline,
-            workers: opts.workers.clamp(1, 64),
-            queue_depth: opts.queue_depth.max(1),
-            prefetch: opts.prefetch,
-            prefetch_chunk: opts.prefetch_chunk.max(BASE_PAGE),
-            read_retries: opts.read_retries,
-            retry_backoff: opts.retry_backoff,
-            retry_backoff_max: opts.retry_backoff_max,
+impl PageServerTuning {
+    /// The same tuning with out-of-range values brought into range.
+    fn normalised(self) -> Self {
+        PageServerTuning {
+            workers: self.workers.clamp(1, 64),
+            queue_depth: self.queue_depth.max(1),
+            prefetch_chunk: self.prefetch_chunk.max(BASE_PAGE),
+            ..self
         }
     }
 }
 
 pub(super) struct Shared {
     pub source: Arc<dyn PageSource>,
-    pub opts: Tuning,
+    pub opts: PageServerTuning,
     /// Workers and prefetch hold the read lock around "is this range freed?" + the ioctl; the
     /// reader holds the write lock while it reads messages and applies REMOVE/UNMAP/REMAP. So a
     /// copy either lands before the kernel zaps a freed range, or sees it marked freed.
@@ -234,9 +217,9 @@ impl PageServer {
         Ok(server)
     }
 
-    fn new(source: Arc<dyn PageSource>, mut opts: PageServerOptions) -> AgentResult<PageServer> {
-        let on_fatal = opts.on_fatal.take();
-        let opts = Tuning::new(&opts);
+    fn new(source: Arc<dyn PageSource>, opts: PageServerOptions) -> AgentResult<PageServer> {
+        let PageServerOptions { tuning, on_fatal } = opts;
+        let opts = tuning.normalised();
         let size = source.size();
         let stop = StopSignal::new().map_err(|e| AgentError::Internal(format!("eventfd: {e}")))?;
         let shared = Shared {

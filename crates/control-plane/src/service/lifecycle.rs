@@ -230,19 +230,21 @@ pub async fn flush_metrics(app: &App, client: &AgentClient, row: &CapsuleRow) {
 async fn finish_pause(app: AppState, pausing: CapsuleRow, actor: Actor) -> ApiResult<CapsuleRow> {
     let public = pausing.public_id();
     let what = format!("capsule {public}");
+    let settle_as = |status, error| {
+        settle(
+            &app,
+            &pausing,
+            status,
+            EventKind::CapsulePause,
+            &actor,
+            Metadata::new(),
+            error,
+        )
+    };
     let client = match host_client(&app, &pausing).await {
         Ok(client) => client,
         Err(e) => {
-            settle(
-                &app,
-                &pausing,
-                CapsuleStatus::Running,
-                EventKind::CapsulePause,
-                &actor,
-                Metadata::new(),
-                Some(e.to_string()),
-            )
-            .await?;
+            settle_as(CapsuleStatus::Running, Some(e.to_string())).await?;
             return Err(e);
         }
     };
@@ -267,29 +269,11 @@ async fn finish_pause(app: AppState, pausing: CapsuleRow, actor: Actor) -> ApiRe
     match err {
         None => {
             tracing::info!(capsule = %public, "capsule paused");
-            settle(
-                &app,
-                &pausing,
-                CapsuleStatus::Paused,
-                EventKind::CapsulePause,
-                &actor,
-                Metadata::new(),
-                None,
-            )
-            .await
+            settle_as(CapsuleStatus::Paused, None).await
         }
         Some(e) => {
             tracing::warn!(capsule = %public, error = %e, "pause failed; the capsule keeps running");
-            settle(
-                &app,
-                &pausing,
-                CapsuleStatus::Running,
-                EventKind::CapsulePause,
-                &actor,
-                Metadata::new(),
-                Some(e.message.clone()),
-            )
-            .await?;
+            settle_as(CapsuleStatus::Running, Some(e.message.clone())).await?;
             Err(lifecycle_error(e, &what, "pause"))
         }
     }

@@ -11,7 +11,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use crate::uffd::regions::{BASE_PAGE, GuestRegion};
-use crate::uffd::{PageContent, PageServer, PageServerOptions, PageSource, handshake, sys};
+use crate::uffd::{
+    PageContent, PageServer, PageServerOptions, PageServerTuning, PageSource, handshake, sys,
+};
 
 pub const PAGE: usize = BASE_PAGE as usize;
 pub const MIB: usize = 1 << 20;
@@ -306,10 +308,13 @@ pub fn start_server(
     let dir = tempfile::tempdir().expect("tempdir");
     let socket = dir.path().join("uffd.sock");
     let mut opts = PageServerOptions {
-        connect_timeout: Duration::from_secs(20),
-        fault_deadline: Duration::from_secs(20),
-        prefetch: false,
-        ..PageServerOptions::default()
+        tuning: PageServerTuning {
+            connect_timeout: Duration::from_secs(20),
+            fault_deadline: Duration::from_secs(20),
+            prefetch: false,
+            ..Default::default()
+        },
+        ..Default::default()
     };
     tweak(&mut opts);
     let server = PageServer::start(&socket, source, opts).expect("start the page server");

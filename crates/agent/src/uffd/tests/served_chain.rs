@@ -10,7 +10,7 @@ use std::time::Duration;
 use super::harness::{Guest, MIB, PAGE, bounded, read_word, resident, serial};
 use super::{CONNECT, LIMIT};
 use crate::snapshot::{Location, MemoryHeader, MemoryView, SimulatedGuest, store_vmm_memory};
-use crate::uffd::{PageContent, PageServer, PageServerOptions, PageSource};
+use crate::uffd::{PageContent, PageServer, PageServerOptions, PageServerTuning, PageSource};
 
 const GUEST: usize = 4 * MIB;
 const PAGES: usize = GUEST / PAGE;
@@ -125,10 +125,13 @@ fn serve(source: Arc<dyn PageSource>, tweak: impl FnOnce(&mut PageServerOptions)
     let dir = tempfile::tempdir().expect("tempdir");
     let socket = dir.path().join("uffd.sock");
     let mut opts = PageServerOptions {
-        connect_timeout: CONNECT,
-        fault_deadline: Duration::from_secs(20),
-        prefetch: false,
-        ..PageServerOptions::default()
+        tuning: PageServerTuning {
+            connect_timeout: CONNECT,
+            fault_deadline: Duration::from_secs(20),
+            prefetch: false,
+            ..Default::default()
+        },
+        ..Default::default()
     };
     tweak(&mut opts);
     let server = PageServer::start(&socket, source, opts).expect("start the page server");
@@ -212,7 +215,7 @@ fn a_stored_chain_is_prefetched_whole() {
             zero_mapped,
             zero_mapped_read_as_data: AtomicU64::new(0),
         });
-        let t = serve(source.clone(), |o| o.prefetch = true);
+        let t = serve(source.clone(), |o| o.tuning.prefetch = true);
         let mut guest = Guest::new(GUEST);
         let _vmm = guest.handshake(&t.socket);
         t.server.wait_connected(CONNECT).expect("connected");
@@ -259,7 +262,7 @@ fn a_damaged_build_file_is_fatal_when_touched() {
 
         let (tx, fatal) = mpsc::channel();
         let t = serve(Arc::new(chain.view(copy.path())), move |o| {
-            o.fault_deadline = Duration::from_secs(5);
+            o.tuning.fault_deadline = Duration::from_secs(5);
             o.on_fatal = Some(Box::new(move |reason| {
                 let _ = tx.send(reason);
             }));
