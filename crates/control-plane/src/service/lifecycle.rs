@@ -327,19 +327,21 @@ async fn finish_resume(
     if let Some(reason) = reason {
         metadata.insert("reason".into(), reason.into());
     }
+    let settle_failed = |status, error| {
+        settle(
+            &app,
+            &resuming,
+            status,
+            EventKind::CapsuleResume,
+            &actor,
+            metadata.clone(),
+            error,
+        )
+    };
     let client = match host_client(&app, &resuming).await {
         Ok(client) => client,
         Err(e) => {
-            settle(
-                &app,
-                &resuming,
-                CapsuleStatus::Paused,
-                EventKind::CapsuleResume,
-                &actor,
-                metadata,
-                Some(e.to_string()),
-            )
-            .await?;
+            settle_failed(CapsuleStatus::Paused, Some(e.to_string())).await?;
             return Err(e);
         }
     };
@@ -374,13 +376,8 @@ async fn finish_resume(
         }
         Err(e) if e.code == Code::DataLoss => {
             tracing::error!(capsule = %public, error = %e, "the capsule's snapshot is damaged");
-            settle(
-                &app,
-                &resuming,
+            settle_failed(
                 CapsuleStatus::Error,
-                EventKind::CapsuleResume,
-                &actor,
-                metadata,
                 Some(format!("snapshot damaged: {}", e.message)),
             )
             .await?;
@@ -395,16 +392,7 @@ async fn finish_resume(
         }
         Err(e) => {
             tracing::warn!(capsule = %public, error = %e, "resume failed; the capsule stays paused");
-            settle(
-                &app,
-                &resuming,
-                CapsuleStatus::Paused,
-                EventKind::CapsuleResume,
-                &actor,
-                metadata,
-                Some(e.message.clone()),
-            )
-            .await?;
+            settle_failed(CapsuleStatus::Paused, Some(e.message.clone())).await?;
             return Err(lifecycle_error(e, &what, "resume"));
         }
     };

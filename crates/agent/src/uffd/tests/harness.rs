@@ -301,8 +301,10 @@ pub struct TestServer {
     _dir: tempfile::TempDir,
 }
 
+/// A page server on a fresh socket, without prefetch and with generous test deadlines;
+/// `tweak` changes the options before it starts.
 pub fn start_server(
-    source: Arc<PatternSource>,
+    source: Arc<dyn PageSource>,
     tweak: impl FnOnce(&mut PageServerOptions),
 ) -> TestServer {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -38,7 +38,7 @@ fn faults_are_served_with_the_source_pages_concurrently() {
     let _serial = serial();
     bounded("fault serving", LIMIT, || {
         let source = PatternSource::new(GUEST, 4096);
-        let t = start_server(Arc::clone(&source), |o| o.tuning.workers = 4);
+        let t = start_server(source.clone(), |o| o.tuning.workers = 4);
         let mut guest = Guest::new(GUEST);
         let _vmm = guest.handshake(&t.socket);
         t.server.wait_connected(CONNECT).expect("connected");
@@ -77,7 +77,7 @@ fn prefetch_installs_every_page_without_faults() {
     bounded("prefetch", LIMIT, || {
         // 64 KiB blocks: reads are split at block edges, copies coalesced up to 256 KiB.
         let source = PatternSource::new(GUEST, 64 * 1024);
-        let t = start_server(Arc::clone(&source), |o| o.tuning.prefetch = true);
+        let t = start_server(source.clone(), |o| o.tuning.prefetch = true);
         let mut guest = Guest::new(GUEST);
         let _vmm = guest.handshake(&t.socket);
         t.server.wait_connected(CONNECT).expect("connected");
@@ -107,7 +107,7 @@ fn removed_ranges_read_as_zeros_and_prefetch_skips_them() {
     bounded("remove", LIMIT, || {
         let source = PatternSource::new(GUEST, 4096);
         source.close_gate(); // hold prefetch at its first read
-        let t = start_server(Arc::clone(&source), |o| o.tuning.prefetch = true);
+        let t = start_server(source.clone(), |o| o.tuning.prefetch = true);
         let mut guest = Guest::new(GUEST);
         let _vmm = guest.handshake(&t.socket);
         t.server.wait_connected(CONNECT).expect("connected");
@@ -146,7 +146,7 @@ fn memory_freed_while_prefetch_runs_never_shows_snapshot_data() {
     bounded("remove during prefetch", LIMIT, || {
         for round in 0..10 {
             let source = PatternSource::new(GUEST, 4096);
-            let t = start_server(Arc::clone(&source), |o| {
+            let t = start_server(source.clone(), |o| {
                 o.tuning.prefetch = true;
                 o.tuning.prefetch_chunk = 16 * 1024;
             });
@@ -176,7 +176,7 @@ fn unmapped_and_remapped_ranges_are_followed() {
     let _serial = serial();
     bounded("unmap/remap", LIMIT, || {
         let source = PatternSource::new(GUEST, 4096);
-        let t = start_server(Arc::clone(&source), |_| {});
+        let t = start_server(source.clone(), |_| {});
         let mut guest = Guest::new(GUEST);
         let _vmm = guest.handshake(&t.socket);
         t.server.wait_connected(CONNECT).expect("connected");
@@ -230,7 +230,7 @@ fn fork_events_are_absorbed() {
     let _serial = serial();
     bounded("fork", LIMIT, || {
         let source = PatternSource::new(GUEST, 4096);
-        let t = start_server(Arc::clone(&source), |_| {});
+        let t = start_server(source.clone(), |_| {});
         let mut guest = Guest::new(GUEST);
         let _vmm = guest.handshake(&t.socket);
         t.server.wait_connected(CONNECT).expect("connected");
@@ -265,7 +265,7 @@ fn a_failing_source_is_fatal_within_the_deadline() {
             .fail
             .store(true, std::sync::atomic::Ordering::Relaxed);
         let (tx, fatal) = mpsc::channel();
-        let t = start_server(Arc::clone(&source), move |o| {
+        let t = start_server(source.clone(), move |o| {
             o.tuning.fault_deadline = Duration::from_secs(5);
             o.on_fatal = Some(Box::new(move |reason| {
                 let _ = tx.send(reason);
@@ -305,7 +305,7 @@ fn a_stuck_source_trips_the_fault_deadline() {
         let source = PatternSource::new(GUEST, 4096);
         source.close_gate(); // reads block (up to 20 s)
         let (tx, fatal) = mpsc::channel();
-        let t = start_server(Arc::clone(&source), move |o| {
+        let t = start_server(source.clone(), move |o| {
             o.tuning.fault_deadline = Duration::from_secs(1);
             o.on_fatal = Some(Box::new(move |reason| {
                 let _ = tx.send(reason);

@@ -2,15 +2,15 @@
 //! [`MemoryView`] and served to a real userfaultfd, must give back exactly the memory the guest
 //! had at pause; damage in a build file must end serving with a reason, not with bad data.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
-use super::harness::{Guest, MIB, PAGE, bounded, read_word, resident, serial};
+use super::harness::{Guest, MIB, PAGE, bounded, read_word, resident, serial, start_server};
 use super::{CONNECT, LIMIT};
 use crate::snapshot::{Location, MemoryHeader, MemoryView, SimulatedGuest, store_vmm_memory};
-use crate::uffd::{PageContent, PageServer, PageServerOptions, PageServerTuning, PageSource};
+use crate::uffd::{PageContent, PageSource};
 
 const GUEST: usize = 4 * MIB;
 const PAGES: usize = GUEST / PAGE;
@@ -115,33 +115,6 @@ impl PageSource for Watched {
     }
 }
 
-struct Served {
-    server: PageServer,
-    socket: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-fn serve(source: Arc<dyn PageSource>, tweak: impl FnOnce(&mut PageServerOptions)) -> Served {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let socket = dir.path().join("uffd.sock");
-    let mut opts = PageServerOptions {
-        tuning: PageServerTuning {
-            connect_timeout: CONNECT,
-            fault_deadline: Duration::from_secs(20),
-            prefetch: false,
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    tweak(&mut opts);
-    let server = PageServer::start(&socket, source, opts).expect("start the page server");
-    Served {
-        server,
-        socket,
-        _dir: dir,
-    }
-}
-
 /// Reads every page of the guest mapping on `threads` threads and compares it with `memory`.
 fn check_every_page(guest: &Guest, memory: &[u8], threads: usize) -> Result<(), String> {
     let check = |page: usize| -> Result<(), String> {
@@ -183,7 +156,7 @@ fn a_stored_chain_is_served_page_by_page() {
             zero_mapped,
             zero_mapped_read_as_data: AtomicU64::new(0),
         });
-        let t = serve(source.clone(), |_| {});
+        let t = start_server(source.clone(), |_| {});
         let mut guest = Guest::new(GUEST);
         let _vmm = guest.handshake(&t.socket);
         t.server.wait_connected(CONNECT).expect("connected");
@@ -215,7 +188,7 @@ fn a_stored_chain_is_prefetched_whole() {
             zero_mapped,
             zero_mapped_read_as_data: AtomicU64::new(0),
         });
-        let t = serve(source.clone(), |o| o.tuning.prefetch = true);
+        let t = start_server(source.clone(), |o| o.tuning.prefetch = true);
         let mut guest = Guest::new(GUEST);
         let _vmm = guest.handshake(&t.socket);
         t.server.wait_connected(CONNECT).expect("connected");
@@ -261,7 +234,7 @@ fn a_damaged_build_file_is_fatal_when_touched() {
         std::fs::write(&damaged, &bytes).expect("damage the build file");
 
         let (tx, fatal) = mpsc::channel();
-        let t = serve(Arc::new(chain.view(copy.path())), move |o| {
+        let t = start_server(Arc::new(chain.view(copy.path())), move |o| {
             o.tuning.fault_deadline = Duration::from_secs(5);
             o.on_fatal = Some(Box::new(move |reason| {
                 let _ = tx.send(reason);
